@@ -1,0 +1,119 @@
+"""Batched, KV-cached sampling of answers from a causal LM in the prompt format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rmopt.data.collate import pad
+from rmopt.prompts import format_prompt
+
+
+@dataclass
+class Samples:
+    """Answers to a batch of prompts: answer ids (EOS included when reached) and their text."""
+
+    prompt_ids: list[list[int]]
+    answer_ids: list[list[int]]
+    texts: list[str]
+    finished: list[bool]  # whether the answer ended with EOS within the token budget
+
+
+def encode_prompts(tokenizer, instructions, inputs) -> list[list[int]]:
+    prompts = [format_prompt(i, x) for i, x in zip(instructions, inputs)]
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+
+@torch.inference_mode()
+def sample_ids(
+    model,
+    prompt_ids: list[list[int]],
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Sample one answer per prompt (left padding, KV cache); each answer stops after its EOS.
+
+    A plain loop over new tokens on the model's own cache: no per-step logits-processor machinery,
+    which dominates the cost for small models.
+    """
+    device = next(model.parameters()).device
+    input_ids = pad(prompt_ids, pad_token_id, side="left").to(device)
+    attention_mask = pad([[1] * len(p) for p in prompt_ids], 0, side="left").to(device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    batch = input_ids.size(0)
+    out = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    cache = None
+    step_ids, step_pos = input_ids, position_ids
+    for t in range(max_new_tokens):
+        result = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos, cache=cache, use_cache=True)
+        cache = result.cache
+        logits = result.logits[:, -1, :].float()
+        next_ids = _sample(logits, temperature, top_p, generator)
+        next_ids = torch.where(done, torch.full_like(next_ids, pad_token_id), next_ids)
+        out[:, t] = next_ids
+        done |= next_ids == eos_token_id
+        if bool(done.all()):
+            out = out[:, : t + 1]
+            break
+        step_ids = next_ids[:, None]
+        step_pos = step_pos[:, -1:] + 1
+        attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
+    answers = []
+    for row in out.tolist():
+        if eos_token_id in row:
+            row = row[: row.index(eos_token_id) + 1]
+        else:
+            row = [t for t in row if t != pad_token_id]
+        answers.append(row)
+    return answers
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def decode_answers(tokenizer, answer_ids: list[list[int]]) -> tuple[list[str], list[bool]]:
+    eos = tokenizer.eos_token_id
+    finished = [bool(a) and a[-1] == eos for a in answer_ids]
+    texts = tokenizer.batch_decode([a[:-1] if f else a for a, f in zip(answer_ids, finished)], skip_special_tokens=True)
+    return texts, finished
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    instructions,
+    inputs,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    progress=None,
+    **sampling,
+) -> Samples:
+    """Answers for many prompts, in batches; ``sampling`` goes to :func:`sample_ids`."""
+    prompt_ids = encode_prompts(tokenizer, instructions, inputs)
+    answer_ids: list[list[int]] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        chunk = prompt_ids[start : start + batch_size]
+        answer_ids += sample_ids(
+            model, chunk, tokenizer.eos_token_id, tokenizer.pad_token_id, generator=generator, **sampling
+        )
+        if progress is not None:
+            progress.update(len(chunk))
+    texts, finished = decode_answers(tokenizer, answer_ids)
+    return Samples(prompt_ids, answer_ids, texts, finished)

@@ -1,0 +1,176 @@
+"""Where models and tokenizers come from: a local folder, a hub name, or a fresh toy config.
+
+A ``ModelSource`` is what ``conf/model/*.yaml`` instantiates. Every stage asks it for the tokenizer
+and for the kind of model it trains (causal LM, reward model), so the special tokens of the prompt
+format and the embedding size are handled in one place.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rmopt.errors import RmoptError
+from rmopt.prompts import ASSISTANT, EOS, PAD, PROMPTER
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise RmoptError(f"model.dtype={name!r} is not one of float32, bfloat16, float16") from None
+
+
+@functools.cache
+def hub_reachable(host: str = "huggingface.co") -> bool:
+    """Whether the hub can be asked at all (offline mode or no DNS answers no at once, not after retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
+    """Load from a local folder or the hub, turning hub/path failures into one clear line."""
+    local = os.path.isdir(name_or_path)
+    if not local and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        raise RmoptError(f"{what} path {name_or_path!r} does not exist")
+    if not local and not hub_reachable():
+        kwargs["local_files_only"] = True  # use the local cache if it has the model; fail at once if not
+    try:
+        return loader(name_or_path, **kwargs)
+    except (OSError, ValueError) as e:
+        if local:
+            raise RmoptError(f"cannot load {what} from folder {name_or_path!r}: {str(e).splitlines()[0]}") from e
+        raise RmoptError(
+            f"{what} {name_or_path!r} is not a local folder and could not be fetched from the Hugging Face hub "
+            f"(offline or unknown name); download it where the hub is reachable or pass a local folder"
+        ) from e
+
+
+def ensure_special_tokens(tokenizer) -> int:
+    """Give a tokenizer the prompt format's special tokens; return how many were added."""
+    have = set(tokenizer.get_vocab())
+    missing = [t for t in (PROMPTER, ASSISTANT) if t not in have]
+    added = 0
+    if missing:
+        added += tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    if EOS not in have:
+        added += tokenizer.add_special_tokens({"eos_token": EOS})
+    else:
+        tokenizer.eos_token = EOS
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        # Pooling reads the last non-pad token, so pad must differ from the EOS that closes an answer.
+        if PAD not in have:
+            added += tokenizer.add_special_tokens({"pad_token": PAD})
+        else:
+            tokenizer.pad_token = PAD
+    return added
+
+
+def check_special_tokens(tokenizer, where: str = "tokenizer") -> None:
+    """A tokenizer must know every special token of the prompt format as one token."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in (PROMPTER, ASSISTANT, EOS) if t not in vocab]
+    if missing or tokenizer.pad_token_id is None:
+        raise RmoptError(
+            f"{where} lacks the special tokens {missing or ['a pad token']}; expected all of "
+            f"{[PROMPTER, ASSISTANT, EOS]} and a pad token (load it through rmopt.models.ModelSource)"
+        )
+
+
+@dataclass
+class ModelSource:
+    """A model to start from: ``name_or_path`` (folder or hub name) or, if null, a fresh ``config``.
+
+    ``config`` holds ``GPTNeoXConfig`` arguments for a model built from scratch (the toy world);
+    ``tokenizer`` names where the tokenizer comes from: null (= ``name_or_path``), a folder or hub
+    name, or ``toy`` (trained locally on the toy world's corpus).
+    """
+
+    name_or_path: str | None = None
+    config: dict[str, Any] | None = None
+    tokenizer: str | None = None
+    dtype: str = "float32"
+    tokenizer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.name_or_path is None and self.config is None:
+            raise RmoptError("model needs name_or_path (a folder or hub name) or config (a fresh model)")
+        self.torch_dtype = _dtype(self.dtype)
+
+    def load_tokenizer(self):
+        source = self.tokenizer or self.name_or_path
+        if source is None or (self.name_or_path is None and source == "toy"):
+            from rmopt.toy.tokenizer import train_toy_tokenizer
+
+            tokenizer = train_toy_tokenizer(**self.tokenizer_kwargs)
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, "tokenizer")
+        ensure_special_tokens(tokenizer)
+        tokenizer.padding_side = "right"
+        return tokenizer
+
+    def _fresh_config(self, tokenizer):
+        from transformers import GPTNeoXConfig
+
+        kwargs = dict(self.config)
+        kwargs.setdefault("vocab_size", len(tokenizer))
+        return GPTNeoXConfig(
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **kwargs,
+        )
+
+    def _finish(self, model, tokenizer):
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.config.eos_token_id = tokenizer.eos_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+        return model.to(self.torch_dtype)
+
+    def load_causal_lm(self, tokenizer):
+        from transformers import AutoModelForCausalLM
+
+        if self.name_or_path is None:
+            model = AutoModelForCausalLM.from_config(self._fresh_config(tokenizer))
+        else:
+            model = _from_pretrained(AutoModelForCausalLM.from_pretrained, self.name_or_path, "model")
+        return self._finish(model, tokenizer)
+
+    def load_reward_model(self, tokenizer):
+        """A sequence-classification model with one output, trunk from the source (an SFT'd LM)."""
+        from transformers import AutoModelForSequenceClassification
+
+        if self.name_or_path is None:
+            config = self._fresh_config(tokenizer)
+            config.num_labels = 1
+            model = AutoModelForSequenceClassification.from_config(config)
+        else:
+            model = _from_pretrained(
+                AutoModelForSequenceClassification.from_pretrained, self.name_or_path, "model", num_labels=1
+            )
+        return self._finish(model, tokenizer)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a left-padded row sees the same positions as a right-padded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,1 @@
+"""LightningModules of the training stages; thin wrappers over models and the math."""

@@ -1,0 +1,33 @@
+"""Pieces the training modules share: optimizer set-up and sample logging."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+
+def configure_optimizer(module, params, optimizer_factory, warmup_steps: int = 0):
+    """Instantiate a ``_partial_`` optimizer on ``params``, with a linear warm-up if asked."""
+    optimizer = optimizer_factory(params=params)
+    if not warmup_steps:
+        return optimizer
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def log_samples(module, rows: list[dict], key: str = "samples") -> None:
+    """Log sample answers: a table on W&B, a JSON-lines file beside the CSV logs otherwise."""
+    if not rows or module.trainer is None or not module.trainer.is_global_zero:
+        return
+    step = module.global_step
+    for logger in module.loggers:
+        if hasattr(logger, "log_table"):
+            columns = list(rows[0])
+            logger.log_table(key=key, columns=["step", *columns], data=[[step, *r.values()] for r in rows])
+        elif getattr(logger, "log_dir", None):
+            os.makedirs(logger.log_dir, exist_ok=True)
+            with open(os.path.join(logger.log_dir, f"{key}.jsonl"), "a") as f:
+                for r in rows:
+                    f.write(json.dumps({"step": step, **r}) + "\n")

@@ -1,0 +1,61 @@
+"""Supervised fine-tuning: next-token loss on answer tokens, validation loss and perplexity."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torchmetrics
+
+from rmopt.generation import generate_answers
+from rmopt.losses import sft_loss
+from rmopt.modules.common import configure_optimizer, log_samples
+
+
+class SFTModule(L.LightningModule):
+    def __init__(self, model, tokenizer, optimizer, warmup_steps: int = 0, sample_prompts=None, sample_tokens: int = 48):
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.optimizer_factory, self.warmup_steps = optimizer, warmup_steps
+        self.sample_prompts, self.sample_tokens = sample_prompts, sample_tokens
+        self.val_loss = torchmetrics.MeanMetric()
+        self.history: list[dict[str, float]] = []
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def training_step(self, batch, batch_idx):
+        loss, n_tokens = sft_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
+        self.log("train/tokens", n_tokens.float(), reduce_fx="sum", batch_size=1)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, n_tokens = sft_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        self.val_loss.update(loss, weight=n_tokens)  # token-weighted, so the epoch value is per token
+
+    def on_validation_epoch_end(self):
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/perplexity", torch.exp(loss))
+        if not self.trainer.sanity_checking and not any(h["step"] == self.global_step for h in self.history):
+            self.history.append({"step": self.global_step, "val_loss": float(loss)})
+            self._log_samples()
+
+    def _log_samples(self):
+        if self.sample_prompts is None or len(self.sample_prompts) == 0:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        rows = self.sample_prompts
+        samples = generate_answers(
+            self.model, self.tokenizer, rows["instruction"], rows["input"], max_new_tokens=self.sample_tokens, temperature=1.0
+        )
+        self.model.train(was_training)
+        log_samples(
+            self,
+            [{"instruction": i, "input": x, "answer": a} for i, x, a in zip(rows["instruction"], rows["input"], samples.texts)],
+        )
+
+    def configure_optimizers(self):
+        return configure_optimizer(self, self.model.parameters(), self.optimizer_factory, self.warmup_steps)

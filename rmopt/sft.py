@@ -1,0 +1,64 @@
+"""``rmopt-sft``: supervised fine-tuning in the prompt format, loss on answer tokens only.
+
+    rmopt-sft experiment=toy output_dir=models/toy-sft trainer.max_steps=200
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from rmopt.errors import cli_errors
+from rmopt.stage import CONFIG_PATH, build_trainer, loss_curve_text, prepare, resolve_ckpt_path, save_run_config
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train and save a Hugging Face folder (model + tokenizer) at ``cfg.output_dir``."""
+    from rmopt.data.sft import SFTDataModule
+    from rmopt.modules.sft import SFTModule
+    from rmopt.utils import save_hf_folder
+
+    prepare(cfg)
+    source = hydra.utils.instantiate(cfg.model)
+    tokenizer = source.load_tokenizer()
+    model = source.load_causal_lm(tokenizer)
+    data = SFTDataModule(
+        hydra.utils.instantiate(cfg.data),
+        tokenizer,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+    )
+    data.setup()
+    module = SFTModule(
+        model,
+        tokenizer,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        warmup_steps=cfg.warmup_steps,
+        sample_prompts=data.val_prompts(cfg.sample_count),
+    )
+    output_dir = Path(cfg.output_dir)
+    ckpt_dir = output_dir / "checkpoints"
+    trainer = build_trainer(cfg, ckpt_dir)
+    trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, ckpt_dir))
+    trainer.validate(module, datamodule=data, verbose=False)
+    model.eval()
+    save_hf_folder(output_dir, model, tokenizer)
+    save_run_config(cfg, output_dir)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    print(f"SFT model saved to {output_dir}")
+    print("validation loss by step:\n" + loss_curve_text(module.history))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sft")
+def _main(cfg: DictConfig) -> float:
+    return train(cfg).get("val/loss", float("nan"))
+
+
+main = cli_errors(_main)
+
+if __name__ == "__main__":
+    main()
