@@ -129,3 +129,20 @@ def normalise(x, means, stds):
         raise ValueError(f"every member's std must be > 0, got {stds.tolist()}")
     member_axis_shape = (k,) + (1,) * (x.ndim - 1)
     return (x - means.reshape(member_axis_shape)) / stds.reshape(member_axis_shape)
+
+
+class Objective:
+    """A named objective with its weight, built from ``conf/objective/*.yaml``; call it on [k, ...] scores."""
+
+    def __init__(self, name: str, weight: float | None = None):
+        if name not in OBJECTIVES:
+            raise ValueError(f"unknown objective {name!r}; expected one of {list(OBJECTIVES)}")
+        if name == "uwo":
+            weight = _check_uwo_weight(weight)
+        self.name, self.weight = name, weight
+
+    def __call__(self, x):
+        return combine(self.name, x, self.weight)
+
+    def __repr__(self) -> str:
+        return f"Objective({self.name!r}, weight={self.weight})" if self.name == "uwo" else f"Objective({self.name!r})"

@@ -46,7 +46,8 @@ def build_trainer(cfg: DictConfig, ckpt_dir: str | os.PathLike | None, extra_cal
                 save_last=True,
             )
         )
-    callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_every", 10))))
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_every", 10))))
     loggers = build_loggers(cfg)
     return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
 
