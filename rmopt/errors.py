@@ -1,27 +1,66 @@
-"""One exception type for user-facing errors, and the wrapper that prints them as one line."""
+"""One exception type for user-facing errors, and the CLI wrapper that prints them as one line."""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class RmoptError(Exception):
     """A problem with the user's input or environment, reported as one line without a traceback."""
 
 
-def cli_errors(fn):
-    """Run a CLI entry point; a user-facing error becomes ``error: ...`` on stderr and exit code 1.
+def group_options(group: str, config_dir: Path = CONFIG_DIR) -> list[str] | None:
+    """The options of a config group (``model`` -> toy-tiny, ...), or None if it is no group of ours."""
+    folder = config_dir / group
+    if not folder.is_dir():
+        return None
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
-    Hydra's own errors (an unknown config option, a bad override) are reported by Hydra; errors
-    raised inside a task come through here. Set ``RMOPT_TRACEBACK=1`` to see the full traceback.
+
+def check_overrides(args: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Catch the common command-line mistakes before Hydra, with a one-line answer each.
+
+    An unknown option of one of our config groups lists the valid ones; a bare ``{`` in a value
+    (Hydra's grammar rejects it) shows how to quote it.
+    """
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if "{" in value and not value.startswith(("'", '"')) and "${" not in value:
+            raise RmoptError(
+                f"{key}={value}: Hydra's override grammar needs a value with braces quoted; "
+                f"write '{key}=\"{value}\"' (single quotes around the whole argument)"
+            )
+        if "." in key or key.startswith("hydra/") or "(" in value or value == "null":
+            continue
+        options = group_options(key, config_dir)
+        if options is None:
+            continue
+        for choice in value.split(","):
+            if choice and choice not in options:
+                raise RmoptError(f"unknown {key} {choice!r}; expected one of {', '.join(options)}")
+
+
+def cli_errors(fn):
+    """Run a Hydra CLI entry point with one-line errors and exit code 1 for user mistakes.
+
+    Overrides are checked before Hydra parses them; errors raised inside the task come through
+    here too. Set ``RMOPT_TRACEBACK=1`` to see the full traceback.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        import os
-
+        # Let errors from inside the task reach this wrapper instead of Hydra's traceback printer.
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")
         try:
+            check_overrides(sys.argv[1:])
             return fn(*args, **kwargs)
         except (RmoptError, ValueError, FileNotFoundError) as e:
             if os.environ.get("RMOPT_TRACEBACK"):

@@ -108,15 +108,17 @@ class ModelSource:
         self.torch_dtype = _dtype(self.dtype)
 
     def load_tokenizer(self):
-        source = self.tokenizer or self.name_or_path
-        if source is None or (self.name_or_path is None and source == "toy"):
+        # `toy` names the tokenizer of a fresh toy model; a saved folder brings its own tokenizer
+        source = self.name_or_path if self.tokenizer in (None, "toy") and self.name_or_path else self.tokenizer
+        if source in (None, "toy"):
             from rmopt.toy.tokenizer import train_toy_tokenizer
 
             tokenizer = train_toy_tokenizer(**self.tokenizer_kwargs)
         else:
             from transformers import AutoTokenizer
 
-            tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, "tokenizer")
+            what = "model" if source == self.name_or_path else "tokenizer"
+            tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, what)
         ensure_special_tokens(tokenizer)
         tokenizer.padding_side = "right"
         return tokenizer

@@ -42,10 +42,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.output_dir)
     ckpt_dir = output_dir / "checkpoints"
     trainer = build_trainer(cfg, ckpt_dir)
-    trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, ckpt_dir))
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, ckpt_dir)
+    if ckpt_path is None:
+        trainer.validate(module, datamodule=data, verbose=False)  # the starting point of the loss curve
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     trainer.validate(module, datamodule=data, verbose=False)
     model.eval()
-    save_hf_folder(output_dir, model, tokenizer)
+    save_hf_folder(output_dir, model, tokenizer, extra_json={"sft_history.json": module.history})
     save_run_config(cfg, output_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     print(f"SFT model saved to {output_dir}")

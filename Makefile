@@ -1,0 +1,41 @@
+# rmopt: every target sets up .venv first (CPU torch, then the project in editable mode).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo demo-quick test test-full bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python experiments/demo.py
+
+demo-quick: install
+	$(BIN)/python experiments/demo.py --quick
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-full: install
+	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench.run
+
+lint: install
+	$(BIN)/ruff check rmopt tests experiments
+
+clean:
+	rm -rf outputs runs models data lightning_logs wandb .pytest_cache
+	find multirun -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

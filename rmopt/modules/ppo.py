@@ -1,0 +1,378 @@
+"""PPO against a proxy reward (one RM or an ensemble combined by an objective), manual optimisation.
+
+One ``training_step`` is one PPO iteration: sample a rollout batch (KV-cached, stops at EOS), score
+it with every member at once, compute reference log-probs, per-token KL penalty + sequence reward at
+the answer's last token, GAE, whitened advantages, then ``ppo_epochs`` passes of clipped policy and
+value updates over shuffled mini-batches. The math lives in :mod:`rmopt.rlhf`.
+
+Step counting: Lightning counts a manual-optimisation step each time a *LightningOptimizer* steps.
+The inner mini-batch updates step the wrapped torch optimizer directly and only the last update of
+an iteration goes through Lightning, so ``trainer.global_step`` (and ``trainer.max_steps``, the
+checkpoint cadence and the logged step) count PPO iterations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from rmopt.data.collate import pad
+from rmopt.generation import decode_answers, encode_prompts, sample_ids
+from rmopt.modules.common import configure_optimizer, log_samples
+from rmopt.rlhf import (
+    AdaptiveKLController,
+    FixedKLController,
+    explained_variance,
+    gae,
+    kl_estimators,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    policy_loss,
+    sequence_kl,
+    value_loss,
+)
+from rmopt.utils import atomic_write_json
+from rmopt.value_head import answer_forward
+
+
+@dataclass
+class PPOSettings:
+    """The PPO knobs of ``conf/ppo.yaml`` (see the comments there)."""
+
+    rollout_batch_size: int = 64
+    minibatch_size: int = 16
+    ppo_epochs: int = 4
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 1.0
+    max_grad_norm: float | None = 1.0
+    max_new_tokens: int = 256
+    max_length: int = 520
+    temperature: float = 1.0
+    kl_controller: str = "fixed"
+    kl_coef: float = 0.01
+    kl_init: float = 0.1
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    kl_estimator: str = "k1"
+    score_clip: float | None = None
+    whiten_advantages: bool = True
+    eval_every: int = 100
+    eval_temperature: float = 0.7
+    eval_top_p: float = 0.9
+    sample_every: int = 50
+    sample_count: int = 4
+    score_batch_size: int = 64
+
+
+def kl_controller(s: PPOSettings):
+    from rmopt.errors import RmoptError
+
+    if s.kl_controller == "fixed":
+        return FixedKLController(s.kl_coef)
+    if s.kl_controller == "adaptive":
+        return AdaptiveKLController(s.kl_init, s.kl_target, s.kl_horizon)
+    raise RmoptError(f"kl_controller={s.kl_controller!r} is not valid; expected fixed or adaptive")
+
+
+def rollout_tensors(prompt_ids: list[list[int]], answer_ids: list[list[int]], pad_id: int, side: str = "left"):
+    """Prompt + answer rows as model inputs, with where each answer token sits.
+
+    ``side="left"``: prompts left-padded to a common length P, answers right-padded after them, so
+    answer token j of every row is at column P + j. ``side="right"``: each prompt + answer is
+    right-padded as one row, answer token j of row b at column len(prompt_b) + j. Either way the
+    answer mask [B, A] marks real answer tokens, and the last one (the EOS when reached) is where
+    the sequence reward goes. Positions skip left padding.
+    """
+    B = len(prompt_ids)
+    A = max(len(a) for a in answer_ids)
+    answer_mask = pad([[1] * len(a) for a in answer_ids], 0).bool()
+    answers = pad(answer_ids, pad_id)
+    if side == "left":
+        P = max(len(p) for p in prompt_ids)
+        prompts = pad(prompt_ids, pad_id, side="left")
+        prompt_mask = pad([[1] * len(p) for p in prompt_ids], 0, side="left")
+        input_ids = torch.cat([prompts, answers], dim=1)
+        attention_mask = torch.cat([prompt_mask, answer_mask.long()], dim=1)
+        answer_positions = (P + torch.arange(A)).expand(B, A).clone()
+    elif side == "right":
+        rows = [p + a for p, a in zip(prompt_ids, answer_ids)]
+        input_ids = pad(rows, pad_id)
+        attention_mask = pad([[1] * len(r) for r in rows], 0)
+        starts = torch.tensor([len(p) for p in prompt_ids])[:, None]
+        answer_positions = (starts + torch.arange(A)).clamp(max=input_ids.size(1) - 1)
+    else:
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "answer_positions": answer_positions,
+        "answer_ids": answers,
+        "answer_mask": answer_mask,
+    }
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
+
+
+class PPOModule(L.LightningModule):
+    def __init__(
+        self,
+        policy,
+        reference,
+        tokenizer,
+        ensemble,
+        objective,
+        prompts,
+        eval_prompts,
+        settings: PPOSettings,
+        optimizer,
+        output_dir: str | Path,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
+        self.ensemble, self.objective, self.s = ensemble, objective, settings
+        self.prompts, self.eval_prompts = prompts, eval_prompts
+        self.optimizer_factory, self.output_dir, self.seed = optimizer, Path(output_dir), int(seed)
+        self.kl_ctl = kl_controller(settings)
+        self._perms: dict[int, np.ndarray] = {}
+        # the RM sees the policy's own ids when both share a tokenizer; else decode and re-tokenize
+        self.same_tokenizer = ensemble.tokenizer.get_vocab() == tokenizer.get_vocab()
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ data
+    def prompt_batch(self, step: int) -> tuple[list[str], list[str]]:
+        """The prompts of PPO iteration ``step``: a fixed function of (seed, step), so resuming repeats nothing."""
+        n, B = len(self.prompts), self.s.rollout_batch_size
+        idx = []
+        for i in range(step * B, (step + 1) * B):
+            epoch = i // n
+            if epoch not in self._perms:
+                self._perms = {epoch: np.random.default_rng(_seed(self.seed, epoch)).permutation(n)}
+            idx.append(int(self._perms[epoch][i % n]))
+        rows = self.prompts.select(idx)
+        return list(rows["instruction"]), list(rows["input"])
+
+    # ------------------------------------------------------------------ rollouts
+    def score(self, instructions, inputs, prompt_ids, answer_ids, texts) -> torch.Tensor:
+        """[k, B] proxy scores, tokenized once for all members."""
+        bs = self.s.score_batch_size
+        if not self.same_tokenizer:
+            return self.ensemble.score(instructions, inputs, texts, batch_size=bs).float()
+        eos, L_max = self.tokenizer.eos_token_id, self.ensemble.max_length
+        ids = [p + (a if a and a[-1] == eos else a + [eos]) for p, a in zip(prompt_ids, answer_ids)]
+        ids = [s if len(s) <= L_max else s[: L_max - 1] + [eos] for s in ids]
+        return torch.cat([self.ensemble.score_ids(ids[i : i + bs]).cpu() for i in range(0, len(ids), bs)], dim=1)
+
+    @torch.inference_mode()
+    def rollout(self, instructions, inputs, generator, temperature: float, top_p: float = 1.0) -> dict:
+        """Sample, score and evaluate one batch of prompts (no gradients)."""
+        lm, tok = self.policy.lm, self.tokenizer
+        prompt_ids = encode_prompts(tok, instructions, inputs)
+        budget = min(self.s.max_new_tokens, self.s.max_length - max(len(p) for p in prompt_ids))
+        if budget < 1:
+            from rmopt.errors import RmoptError
+
+            raise RmoptError(f"max_length={self.s.max_length} leaves no room for an answer after the longest prompt")
+        answer_ids = sample_ids(
+            lm, prompt_ids, tok.eos_token_id, tok.pad_token_id, budget, temperature, top_p, generator=generator
+        )
+        texts, finished = decode_answers(tok, answer_ids)
+        batch = {k: v.to(self.device) for k, v in rollout_tensors(prompt_ids, answer_ids, tok.pad_token_id).items()}
+        out = answer_forward(lm, batch, self.policy.value_head, self.s.temperature)
+        ref = answer_forward(self.reference, batch, None, self.s.temperature)
+        scores = self.score(instructions, inputs, prompt_ids, answer_ids, texts).to(self.device)
+        return {
+            "batch": batch,
+            "logprobs": out["logprobs"],
+            "values": out["values"],
+            "ref_logprobs": ref["logprobs"],
+            "scores": scores,
+            "combined": self.objective(scores).float(),
+            "texts": texts,
+            "finished": finished,
+        }
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, _batch, batch_idx):
+        s, step = self.s, self.global_step
+        start = time.perf_counter()
+        self.policy.eval()  # no dropout: the ratio must be exactly 1 before the first update
+        self.reference.eval()
+        generator = torch.Generator().manual_seed(_seed(self.seed, step, 1))
+        instructions, inputs = self.prompt_batch(step)
+        r = self.rollout(instructions, inputs, generator, s.temperature)
+        batch, mask = r["batch"], r["batch"]["answer_mask"]
+        old_logprobs, old_values, ref_logprobs = (r[k].clone() for k in ("logprobs", "values", "ref_logprobs"))
+        rewards, _ = per_token_rewards(
+            r["combined"], old_logprobs, ref_logprobs, mask, self.kl_ctl.value, s.kl_estimator, s.score_clip
+        )
+        advantages, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
+        if s.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        rollout_time = time.perf_counter() - start
+
+        opt = self.optimizers()
+        n = mask.size(0)
+        order_gen = torch.Generator().manual_seed(_seed(self.seed, step, 2))
+        updates = [(e, i) for e in range(s.ppo_epochs) for i in range(0, n, s.minibatch_size)]
+        acc: dict[str, list[float]] = {}
+        for u, (_, i) in enumerate(updates):
+            if i == 0:
+                perm = torch.randperm(n, generator=order_gen).to(self.device)
+            idx = perm[i : i + s.minibatch_size]
+            sub = {k: v[idx] for k, v in batch.items()}
+            out = answer_forward(self.policy.lm, sub, self.policy.value_head, s.temperature, with_entropy=True)
+            pl, pstats = policy_loss(out["logprobs"], old_logprobs[idx], advantages[idx], mask[idx], s.cliprange)
+            vl, vstats = value_loss(out["values"], old_values[idx], returns[idx], mask[idx], s.cliprange_value)
+            loss = pl + s.vf_coef * vl
+            opt.zero_grad()
+            self.manual_backward(loss)
+            if s.max_grad_norm:
+                self.clip_gradients(opt, gradient_clip_val=s.max_grad_norm, gradient_clip_algorithm="norm")
+            if u == len(updates) - 1:
+                opt.step()  # counted by Lightning: one global step per PPO iteration
+            else:
+                opt.optimizer.step()
+            for key, v in {
+                "loss/policy": pl, "loss/value": vl, "loss/total": loss, "policy/entropy": masked_mean(out["entropy"], mask[idx]),
+                "policy/clipfrac": pstats["clipfrac"], "policy/approx_kl": pstats["approx_kl"],
+                "value/clipfrac": vstats["vf_clipfrac"],
+            }.items():
+                acc.setdefault(key, []).append(float(v))
+
+        with torch.no_grad():
+            kls = {name: sequence_kl(v, mask).mean() for name, v in kl_estimators(old_logprobs, ref_logprobs).items()}
+        kl_coef_used = self.kl_ctl.value
+        self.kl_ctl.update(float(kls["k1"]), n)
+        elapsed = time.perf_counter() - start
+        scores = r["scores"]
+        metrics = {
+            "reward/proxy": r["combined"].mean(),
+            "reward/member_std": scores.std(0, unbiased=False).mean(),
+            **{f"reward/member_{j}": scores[j].mean() for j in range(scores.size(0))},
+            **{f"kl/{name}": v for name, v in kls.items()},
+            "kl/coef": kl_coef_used,
+            "value/explained_variance": explained_variance(old_values, returns, mask),
+            "answer/length": mask.sum(1).float().mean(),
+            "answer/finished": float(np.mean(r["finished"])),
+            "perf/samples_per_s": n / elapsed,
+            "perf/rollout_s": rollout_time,
+            "perf/step_s": elapsed,
+            **{k: float(np.mean(v)) for k, v in acc.items()},
+        }
+        self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False, batch_size=n)
+        self.log("proxy", float(metrics["reward/proxy"]), prog_bar=True, logger=False, batch_size=n)
+        if s.sample_every and step % s.sample_every == 0 and s.sample_count:
+            log_samples(
+                self,
+                [
+                    {"instruction": i, "input": x, "answer": a, "proxy": float(c)}
+                    for i, x, a, c in list(zip(instructions, inputs, r["texts"], r["combined"].tolist()))[: s.sample_count]
+                ],
+            )
+        self.history.append({"step": step, "proxy": float(metrics["reward/proxy"]), "kl": float(kls["k1"])})
+        if s.eval_every and (step + 1) % s.eval_every == 0:
+            self.evaluate(step + 1)
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_path(self, step: int) -> Path:
+        return self.output_dir / "eval" / f"step_{step:06d}.json"
+
+    def evaluate(self, step: int) -> dict | None:
+        """Answers to the held-out prompts, their proxy scores and sequence KL, to ``eval/step_NNNNNN.json``."""
+        if self.eval_prompts is None or len(self.eval_prompts) == 0:
+            return None
+        was_training = self.policy.training
+        self.policy.eval()
+        generator = torch.Generator().manual_seed(_seed(self.seed, 7))  # the same noise at every eval
+        rows_out, members = [], []
+        ev = self.eval_prompts
+        for start in range(0, len(ev), self.s.rollout_batch_size):
+            chunk = ev.select(range(start, min(start + self.s.rollout_batch_size, len(ev))))
+            instr, inp = list(chunk["instruction"]), list(chunk["input"])
+            r = self.rollout(instr, inp, generator, self.s.eval_temperature, self.s.eval_top_p)
+            mask = r["batch"]["answer_mask"]
+            # sequence KL from the initial policy: sum over answer tokens of log pi - log pi_ref (true
+            # temperature-1 log-probs of answers sampled at the eval temperature)
+            lp = answer_forward(self.policy.lm, r["batch"], None) if self.s.temperature != 1.0 else r
+            ref = answer_forward(self.reference, r["batch"], None) if self.s.temperature != 1.0 else {"logprobs": r["ref_logprobs"]}
+            kl = sequence_kl(lp["logprobs"] - ref["logprobs"], mask)
+            members.append(r["scores"].cpu())
+            for j in range(len(instr)):
+                rows_out.append(
+                    {
+                        "instruction": instr[j],
+                        "input": inp[j],
+                        "answer": r["texts"][j],
+                        "finished": r["finished"][j],
+                        "length": int(mask[j].sum()),
+                        "proxy": float(r["combined"][j]),
+                        "proxy_members": [float(v) for v in r["scores"][:, j]],
+                        "kl": float(kl[j]),
+                    }
+                )
+        self.policy.train(was_training)
+        scores = torch.cat(members, dim=1)
+        record = {
+            "step": step,
+            "objective": repr(self.objective),
+            "kl": float(np.mean([r["kl"] for r in rows_out])),
+            "proxy": float(np.mean([r["proxy"] for r in rows_out])),
+            "proxy_members": [float(v) for v in scores.mean(1)],
+            "proxy_member_std": float(scores.std(0, unbiased=False).mean()),
+            "rows": rows_out,
+        }
+        atomic_write_json(self.eval_path(step), record)
+        if self.trainer is not None and self.loggers:
+            for logger in self.loggers:
+                logger.log_metrics({"eval/proxy": record["proxy"], "eval/kl": record["kl"]}, step=step)
+        return record
+
+    def on_train_start(self):
+        self.reference.to(self.device)
+        if self.global_step == 0 and not self.eval_path(0).exists():
+            self.evaluate(0)
+
+    def on_train_end(self):
+        if not self.eval_path(self.global_step).exists():
+            self.evaluate(self.global_step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["kl_coef"] = self.kl_ctl.value
+
+    def on_load_checkpoint(self, checkpoint):
+        if "kl_coef" in checkpoint:
+            self.kl_ctl.value = float(checkpoint["kl_coef"])
+
+    def configure_optimizers(self):
+        return configure_optimizer(self, self.policy.trainable_parameters(), self.optimizer_factory)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(_Steps(), batch_size=None)
+
+
+class _Steps(torch.utils.data.IterableDataset):
+    """An endless stream of placeholders: the module picks each iteration's prompts from its step."""
+
+    def __iter__(self):
+        while True:
+            yield 0
+
+
+__all__ = ["PPOModule", "PPOSettings", "kl_controller", "rollout_tensors", "math"]

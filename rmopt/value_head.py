@@ -1,0 +1,101 @@
+"""The PPO policy: a causal LM with a scalar value head, and its reference model.
+
+With ``num_layers_unfrozen = n > 0`` only the top ``n`` transformer layers, the final norm and the
+output head train (as the released trlx "hydra" models); the embeddings and the bottom layers are
+frozen and *shared* with the reference model, which holds its own frozen copy of only the top ``n``
+layers, the final norm and the head. The reference therefore costs no second copy of the trunk.
+With ``num_layers_unfrozen = -1`` the whole model trains and the reference is a full frozen copy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from rmopt.errors import RmoptError
+from rmopt.rlhf import entropy_from_logits, logprobs_from_logits
+
+
+def transformer_layers(lm) -> nn.ModuleList:
+    """The stack of transformer blocks of a Hugging Face causal LM (``gpt_neox.layers`` for Pythia)."""
+    n = lm.config.num_hidden_layers
+    for module in lm.base_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise RmoptError(f"cannot find the {n} transformer layers of {type(lm).__name__}")
+
+
+def freeze_bottom(lm, num_layers_unfrozen: int) -> list[nn.Parameter]:
+    """Freeze all but the top ``num_layers_unfrozen`` layers, the final norm and the output head.
+
+    Returns the frozen parameters (empty for ``-1``: everything trains). If the output head is tied
+    to the input embeddings it stays frozen with them.
+    """
+    layers = transformer_layers(lm)
+    if num_layers_unfrozen == -1:
+        return []
+    if not 1 <= num_layers_unfrozen <= len(layers):
+        raise RmoptError(
+            f"num_layers_unfrozen={num_layers_unfrozen} is not valid; expected -1 (train all) or 1..{len(layers)}"
+        )
+    frozen_modules = [lm.get_input_embeddings(), *layers[: len(layers) - num_layers_unfrozen]]
+    frozen = {id(p): p for m in frozen_modules for p in m.parameters()}
+    for p in frozen.values():
+        p.requires_grad_(False)
+    return list(frozen.values())
+
+
+def build_reference(lm, frozen: list[nn.Parameter]) -> nn.Module:
+    """A frozen copy of ``lm`` whose ``frozen`` parameters are the very same tensors (shared, not copied)."""
+    memo = {id(p): p for p in frozen}  # deepcopy returns memo entries as they are
+    reference = copy.deepcopy(lm, memo)
+    reference.requires_grad_(False)
+    return reference.eval()
+
+
+class PolicyWithValueHead(nn.Module):
+    """A causal LM plus a linear value head on its last hidden state, in one forward pass."""
+
+    def __init__(self, lm, value_head: nn.Linear | None = None):
+        super().__init__()
+        self.lm = lm
+        if value_head is None:
+            value_head = nn.Linear(lm.config.hidden_size, 1)
+            nn.init.normal_(value_head.weight, std=0.02)
+            nn.init.zeros_(value_head.bias)
+        self.value_head = value_head
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def answer_forward(
+    lm,
+    batch: dict[str, torch.Tensor],
+    value_head: nn.Module | None = None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Log-probs (and values, entropy) of the answer tokens of a rollout batch, from one trunk forward.
+
+    ``batch`` comes from :func:`rmopt.modules.ppo.rollout_tensors`: ``input_ids``, ``attention_mask``,
+    ``position_ids`` [B, S], ``answer_positions`` and ``answer_ids`` [B, A]. The head runs only on
+    the hidden states that predict answer tokens (position - 1), not on the whole sequence.
+    Values are read at the same states: V(state before emitting answer token t).
+    """
+    hidden = lm.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    ).last_hidden_state
+    index = (batch["answer_positions"] - 1).unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+    states = torch.gather(hidden, 1, index)  # [B, A, H]
+    logits = lm.get_output_embeddings()(states).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    out = {"logprobs": logprobs_from_logits(logits, batch["answer_ids"])}
+    if value_head is not None:
+        out["values"] = value_head(states.to(value_head.weight.dtype)).squeeze(-1).float()
+    if with_entropy:
+        out["entropy"] = entropy_from_logits(logits.detach())  # a diagnostic only: no graph
+    return out
