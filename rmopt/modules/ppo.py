@@ -13,7 +13,6 @@ checkpoint cadence and the logged step) count PPO iterations.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +104,7 @@ def rollout_tensors(prompt_ids: list[list[int]], answer_ids: list[list[int]], pa
         attention_mask = torch.cat([prompt_mask, answer_mask.long()], dim=1)
         answer_positions = (P + torch.arange(A)).expand(B, A).clone()
     elif side == "right":
-        rows = [p + a for p, a in zip(prompt_ids, answer_ids)]
+        rows = [p + a for p, a in zip(prompt_ids, answer_ids, strict=True)]
         input_ids = pad(rows, pad_id)
         attention_mask = pad([[1] * len(r) for r in rows], 0)
         starts = torch.tensor([len(p) for p in prompt_ids])[:, None]
@@ -174,7 +173,7 @@ class PPOModule(L.LightningModule):
         if not self.same_tokenizer:
             return self.ensemble.score(instructions, inputs, texts, batch_size=bs).float()
         eos, L_max = self.tokenizer.eos_token_id, self.ensemble.max_length
-        ids = [p + (a if a and a[-1] == eos else a + [eos]) for p, a in zip(prompt_ids, answer_ids)]
+        ids = [p + (a if a and a[-1] == eos else a + [eos]) for p, a in zip(prompt_ids, answer_ids, strict=True)]
         ids = [s if len(s) <= L_max else s[: L_max - 1] + [eos] for s in ids]
         return torch.cat([self.ensemble.score_ids(ids[i : i + bs]).cpu() for i in range(0, len(ids), bs)], dim=1)
 
@@ -253,7 +252,7 @@ class PPOModule(L.LightningModule):
                 "policy/clipfrac": pstats["clipfrac"], "policy/approx_kl": pstats["approx_kl"],
                 "value/clipfrac": vstats["vf_clipfrac"],
             }.items():
-                acc.setdefault(key, []).append(float(v))
+                acc.setdefault(key, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
 
         with torch.no_grad():
             kls = {name: sequence_kl(v, mask).mean() for name, v in kl_estimators(old_logprobs, ref_logprobs).items()}
@@ -282,7 +281,7 @@ class PPOModule(L.LightningModule):
                 self,
                 [
                     {"instruction": i, "input": x, "answer": a, "proxy": float(c)}
-                    for i, x, a, c in list(zip(instructions, inputs, r["texts"], r["combined"].tolist()))[: s.sample_count]
+                    for i, x, a, c in list(zip(instructions, inputs, r["texts"], r["combined"].tolist(), strict=True))[: s.sample_count]
                 ],
             )
         self.history.append({"step": step, "proxy": float(metrics["reward/proxy"]), "kl": float(kls["k1"])})
@@ -309,9 +308,12 @@ class PPOModule(L.LightningModule):
             mask = r["batch"]["answer_mask"]
             # sequence KL from the initial policy: sum over answer tokens of log pi - log pi_ref (true
             # temperature-1 log-probs of answers sampled at the eval temperature)
-            lp = answer_forward(self.policy.lm, r["batch"], None) if self.s.temperature != 1.0 else r
-            ref = answer_forward(self.reference, r["batch"], None) if self.s.temperature != 1.0 else {"logprobs": r["ref_logprobs"]}
-            kl = sequence_kl(lp["logprobs"] - ref["logprobs"], mask)
+            logprobs, ref_logprobs = r["logprobs"], r["ref_logprobs"]
+            if self.s.temperature != 1.0:  # rollout log-probs were of the tempered policies
+                with torch.inference_mode():
+                    logprobs = answer_forward(self.policy.lm, r["batch"])["logprobs"]
+                    ref_logprobs = answer_forward(self.reference, r["batch"])["logprobs"]
+            kl = sequence_kl(logprobs - ref_logprobs, mask)
             members.append(r["scores"].cpu())
             for j in range(len(instr)):
                 rows_out.append(
@@ -344,7 +346,8 @@ class PPOModule(L.LightningModule):
         return record
 
     def on_train_start(self):
-        self.reference.to(self.device)
+        self.ensemble.models = [m.to(self.device) for m in self.ensemble.models]
+        self.ensemble.device = self.device
         if self.global_step == 0 and not self.eval_path(0).exists():
             self.evaluate(0)
 
@@ -375,4 +378,3 @@ class _Steps(torch.utils.data.IterableDataset):
             yield 0
 
 
-__all__ = ["PPOModule", "PPOSettings", "kl_controller", "rollout_tensors", "math"]

@@ -1,0 +1,275 @@
+"""``rmopt-ppo``: PPO of an SFT policy against one proxy RM or an ensemble; ``rmopt-ppo-gold``: gold scores.
+
+    rmopt-ppo experiment=toy model.name_or_path=models/toy-sft 'proxy_rm_path="models/toy-rm_seed{seed}"' \\
+        seeds=[1] output_dir=runs/ppo-single trainer.max_steps=300
+    rmopt-ppo-gold run_dir=runs/ppo-single            # gold-score every eval file, results + figure
+    rmopt-ppo-gold 'run_dir=runs/ppo/*'               # several runs: also one overlay figure
+
+A run folder holds ``eval/step_NNNNNN.json`` (answers to held-out prompts with proxy scores and KL
+from the initial policy; gold scores once scored), ``results.json`` and ``ppo.png`` (gold and proxy
+against KL and steps), ``policy/`` (HF folder + ``value_head.safetensors``) and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from rmopt.errors import RmoptError, cli_errors
+from rmopt.stage import CONFIG_PATH, build_trainer, prepare, resolve_ckpt_path, save_run_config
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def settings_from(cfg: DictConfig):
+    from dataclasses import fields
+
+    from rmopt.modules.ppo import PPOSettings
+
+    return PPOSettings(**{f.name: cfg[f.name] for f in fields(PPOSettings) if f.name in cfg})
+
+
+def build_policy(cfg: DictConfig):
+    """(tokenizer, policy with value head, reference) from ``cfg.model``, sharing the frozen trunk."""
+    from rmopt.value_head import PolicyWithValueHead, build_reference, freeze_bottom
+
+    source = hydra.utils.instantiate(cfg.model)
+    tokenizer = source.load_tokenizer()
+    lm = source.load_causal_lm(tokenizer)
+    frozen = freeze_bottom(lm, int(cfg.num_layers_unfrozen))
+    reference = build_reference(lm, frozen)
+    return tokenizer, PolicyWithValueHead(lm), reference
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run PPO; write eval files, checkpoints, the final policy + value head, results and figure."""
+    from rmopt.ensemble import RewardEnsemble
+    from rmopt.modules.ppo import PPOModule
+
+    prepare(cfg)
+    if cfg.model.get("name_or_path") is None:
+        raise RmoptError("model.name_or_path is not set; expected the SFT policy folder, e.g. model.name_or_path=models/toy-sft")
+    output_dir = Path(cfg.output_dir)
+    ckpt_dir = output_dir / "checkpoints"
+    tokenizer, policy, reference = build_policy(cfg)
+    ensemble = RewardEnsemble.load(
+        cfg.proxy_rm_path, cfg.seeds, normalise=bool(cfg.normalise), max_length=int(cfg.max_length)
+    )
+    objective = hydra.utils.instantiate(cfg.objective)
+    data = hydra.utils.instantiate(cfg.data)
+    prompts = data.instructions(cfg.prompt_split)
+    val = data.instructions("val")
+    eval_prompts = val.select(range(min(int(cfg.eval_prompts), len(val))))
+    module = PPOModule(
+        policy,
+        reference,
+        tokenizer,
+        ensemble,
+        objective,
+        prompts,
+        eval_prompts,
+        settings_from(cfg),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        output_dir=output_dir,
+        seed=int(cfg.seed),
+    )
+    save_run_config(cfg, output_dir)
+    trainer = build_trainer(cfg, ckpt_dir)
+    trainer.fit(module, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, ckpt_dir))
+    save_policy(output_dir / "policy", policy, tokenizer)
+    if cfg.gold_eval:
+        score_gold(output_dir, load_gold(cfg, data))
+    results = write_results(output_dir)
+    last = results["points"][-1]
+    print(f"PPO policy saved to {output_dir / 'policy'}; results in {output_dir / 'results.json'}")
+    print(curve_text(results["points"]))
+    return {k: v for k, v in last.items() if isinstance(v, float)}
+
+
+def save_policy(folder: Path, policy, tokenizer) -> None:
+    """The trained policy as an HF folder, the value head beside it (``value_head.safetensors``)."""
+    from safetensors.torch import save_file
+
+    from rmopt.utils import save_hf_folder
+
+    policy.eval()
+    save_hf_folder(folder, policy.lm, tokenizer)
+    tmp = folder / f".{VALUE_HEAD_FILE}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}, str(tmp))
+    os.replace(tmp, folder / VALUE_HEAD_FILE)
+
+
+def load_value_head(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / VALUE_HEAD_FILE))
+
+
+# ---------------------------------------------------------------------------------------- gold
+
+
+def load_gold(cfg: DictConfig, data=None):
+    """The gold scorer: ``cfg.gold`` when set (conf/gold/*.yaml), else the data source's own (toy world)."""
+    from rmopt.gold import build_gold
+
+    if data is None:
+        data = hydra.utils.instantiate(cfg.data)
+    return build_gold(cfg.get("gold"), data)
+
+
+def eval_files(run_dir: str | os.PathLike) -> list[Path]:
+    files = sorted((Path(run_dir) / "eval").glob("step_*.json"))
+    if not files:
+        raise RmoptError(f"run folder {str(run_dir)!r} has no eval/step_*.json; expected a folder written by rmopt-ppo")
+    return files
+
+
+def score_gold(run_dir: str | os.PathLike, gold, batch_size: int | None = None) -> int:
+    """Add gold scores to every eval file of a run (each rewritten atomically); files already scored are skipped.
+
+    The gold scorer gets the decoded text (instruction, input, answer) and builds its own input
+    format and tokenization. Returns how many files were scored now.
+    """
+    from rmopt.utils import atomic_write_json
+
+    done = 0
+    for path in eval_files(run_dir):
+        record = json.loads(path.read_text())
+        rows = record["rows"]
+        if "gold" in record and all("gold" in r for r in rows):
+            continue
+        kwargs = {"batch_size": batch_size} if batch_size else {}
+        scores = gold.score([r["instruction"] for r in rows], [r["input"] for r in rows], [r["answer"] for r in rows], **kwargs)
+        for row, value in zip(rows, scores, strict=True):
+            row["gold"] = float(value)
+        record["gold"] = float(sum(r["gold"] for r in rows) / max(len(rows), 1))
+        record["gold_scorer"] = getattr(gold, "name", None) or type(gold).__name__
+        atomic_write_json(path, record)
+        done += 1
+    return done
+
+
+# ---------------------------------------------------------------------------------------- results
+
+
+def run_points(run_dir: str | os.PathLike) -> list[dict]:
+    """One point per eval file: step, KL, proxy (combined, each member, spread) and gold if scored."""
+    points = []
+    for path in eval_files(run_dir):
+        r = json.loads(path.read_text())
+        points.append(
+            {
+                "step": r["step"],
+                "kl": r["kl"],
+                "proxy_score": r["proxy"],
+                "proxy_members": r["proxy_members"],
+                "proxy_member_std": r["proxy_member_std"],
+                "gold_score": r.get("gold", float("nan")),
+            }
+        )
+    return sorted(points, key=lambda p: p["step"])
+
+
+def _curve(points: list[dict]) -> dict[str, list]:
+    return {k: [p[k] for p in points] for k in ("step", "kl", "proxy_score", "gold_score")}
+
+
+def write_results(run_dir: str | os.PathLike) -> dict:
+    """``results.json`` (the table of points) and ``ppo.png`` (gold and proxy against KL and steps) of one run."""
+    from rmopt.report import plot_curves
+    from rmopt.utils import atomic_write_json
+
+    run_dir = Path(run_dir)
+    points = run_points(run_dir)
+    results = {"run": str(run_dir), "points": points}
+    atomic_write_json(run_dir / "results.json", results)
+    plot_curves({run_dir.name: _curve(points)}, ["kl", "step"], run_dir / "ppo.png", title=f"PPO: {run_dir.name}")
+    return results
+
+
+def write_overlay(run_dirs: list[Path], output_dir: Path) -> Path:
+    """All runs on one figure (``ppo_overlay.png``) and one table (``ppo_results.json``) in ``output_dir``."""
+    from rmopt.report import plot_curves
+    from rmopt.utils import atomic_write_json
+
+    runs = {str(d): run_points(d) for d in run_dirs}
+    names = _short_names(run_dirs)
+    atomic_write_json(output_dir / "ppo_results.json", {"runs": [{"run": k, "points": v} for k, v in runs.items()]})
+    curves = {name: _curve(points) for name, points in zip(names, runs.values(), strict=True)}
+    return plot_curves(curves, ["kl", "step"], output_dir / "ppo_overlay.png", title="PPO")
+
+
+def _short_names(run_dirs: list[Path]) -> list[str]:
+    """Folder names, or paths relative to the common parent when names repeat."""
+    names = [d.name for d in run_dirs]
+    if len(set(names)) == len(names):
+        return names
+    common = Path(os.path.commonpath([str(d.resolve()) for d in run_dirs]))
+    return [str(d.resolve().relative_to(common)) for d in run_dirs]
+
+
+def curve_text(points: list[dict]) -> str:
+    lines = [f"  {'step':>6} {'kl':>8} {'proxy':>8} {'gold':>8}"]
+    for p in points:
+        lines.append(f"  {p['step']:>6} {p['kl']:8.3f} {p['proxy_score']:8.4f} {p['gold_score']:8.4f}")
+    return "\n".join(lines)
+
+
+def find_runs(patterns) -> list[Path]:
+    """Run folders (holding eval/) from paths or glob patterns, in sorted order."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    runs: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(pattern))) or [str(pattern)]
+        for m in matches:
+            if (Path(m) / "eval").is_dir():
+                runs.append(Path(m))
+            elif not glob.has_magic(str(pattern)):
+                raise RmoptError(f"run_dir {m!r} is not a PPO run folder (no eval/ inside)")
+    if not runs:
+        raise RmoptError(f"run_dir {list(patterns)} matches no PPO run folder (a folder with eval/ inside)")
+    return runs
+
+
+def gold(cfg: DictConfig) -> dict:
+    """Gold-score one or several PPO runs; per-run results + figure, and an overlay for several runs."""
+    prepare(cfg)
+    patterns = [p for p in [cfg.get("run_dir"), *(cfg.get("run_dirs") or [])] if p]
+    if not patterns:
+        raise RmoptError("run_dir is not set; expected a PPO output folder, e.g. run_dir=runs/ppo-single or 'run_dir=runs/ppo/*'")
+    runs = find_runs(patterns)
+    scorer = load_gold(cfg)  # loaded once for every run
+    for run in runs:
+        n = score_gold(run, scorer, cfg.get("gold_batch_size"))
+        results = write_results(run)
+        print(f"{run}: gold-scored {n} new eval file(s)\n{curve_text(results['points'])}")
+    out = {"runs": [str(r) for r in runs]}
+    if len(runs) > 1:
+        output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else Path(os.path.commonpath([str(r) for r in runs]))
+        out["overlay"] = str(write_overlay(runs, output_dir))
+        print(f"overlay of {len(runs)} runs: {out['overlay']}")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="ppo")
+def _main(cfg: DictConfig) -> float:
+    return train(cfg).get("proxy_score", float("nan"))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="ppo_gold")
+def _gold_main(cfg: DictConfig) -> None:
+    gold(cfg)
+
+
+main = cli_errors(_main)
+gold_main = cli_errors(_gold_main)
+
+if __name__ == "__main__":
+    main()
