@@ -105,17 +105,27 @@ class HFGoldReward:
         self.tokenizer.padding_side = "right"
         self.eos = (self.tokenizer.eos_token or "") if append_eos else ""
         model = _from_pretrained(
-            AutoModelForSequenceClassification.from_pretrained, name_or_path, "gold reward model", dtype=_dtype(dtype)
+            AutoModelForSequenceClassification.from_pretrained,
+            name_or_path,
+            "gold reward model",
+            dtype=_dtype(dtype),
         )
         if model.config.num_labels != 1:
-            raise RmoptError(f"gold reward model {name_or_path!r} has {model.config.num_labels} outputs; expected 1")
+            raise RmoptError(
+                f"gold reward model {name_or_path!r} has {model.config.num_labels} outputs; expected 1"
+            )
         self.model = model.to(self.device).eval()
 
     def texts(self, instructions, inputs, answers) -> list[str]:
         _check_lengths(instructions, inputs, answers)
-        return [gold_text(self.template, i, x or "", a, self.eos) for i, x, a in zip(instructions, inputs, answers)]
+        return [
+            gold_text(self.template, i, x or "", a, self.eos)
+            for i, x, a in zip(instructions, inputs, answers, strict=True)
+        ]
 
-    def score(self, instructions, inputs, answers, batch_size: int | None = None, progress=None) -> np.ndarray:
+    def score(
+        self, instructions, inputs, answers, batch_size: int | None = None, progress=None
+    ) -> np.ndarray:
         """One float32 score per answer, from text (the gold tokenizer builds its own input)."""
         import torch
 
@@ -128,9 +138,15 @@ class HFGoldReward:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 enc = self.tokenizer(
-                    [texts[j] for j in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                    [texts[j] for j in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
                 ).to(self.device)
-                scores[idx] = _pooled_scores(self.model, enc["input_ids"], enc["attention_mask"]).float().cpu().numpy()
+                scores[idx] = (
+                    _pooled_scores(self.model, enc["input_ids"], enc["attention_mask"]).float().cpu().numpy()
+                )
                 if progress is not None:
                     progress.update(len(idx))
         return scores

@@ -15,7 +15,12 @@ from pathlib import Path
 from rmopt.errors import RmoptError
 
 SCORE_KEYS = ("gold_score", "proxy_score")
-_X_LABELS = {"n": "n (best-of-n)", "kl_bon": "KL (best-of-n bound)", "kl": "KL(policy || initial)", "step": "step"}
+_X_LABELS = {
+    "n": "n (best-of-n)",
+    "kl_bon": "KL (best-of-n bound)",
+    "kl": "KL(policy || initial)",
+    "step": "step",
+}
 
 
 def _check_curves(curves: Mapping[str, Mapping[str, Sequence]], x_keys: list[str]) -> None:
@@ -53,7 +58,7 @@ def plot_curves(
         raise RmoptError(f"log_x has {len(logs)} entries for {len(x_keys)} x keys {x_keys}")
     _check_curves(curves, x_keys)
     fig, axes = plt.subplots(len(x_keys), 2, figsize=(11, 4 * len(x_keys)), squeeze=False)
-    for row, (key, log) in enumerate(zip(x_keys, logs)):
+    for row, (key, log) in enumerate(zip(x_keys, logs, strict=True)):
         for col, score in enumerate(SCORE_KEYS):
             ax = axes[row][col]
             for name, curve in curves.items():
