@@ -47,49 +47,61 @@ def build_policy(cfg: DictConfig):
     return tokenizer, PolicyWithValueHead(lm), reference
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Run PPO; write eval files, checkpoints, the final policy + value head, results and figure."""
+def build_module(cfg: DictConfig, ensemble=None, data=None):
+    """The PPOModule of ``cfg`` (policy, reference, proxy ensemble, objective, prompts)."""
     from rmopt.ensemble import RewardEnsemble
     from rmopt.modules.ppo import PPOModule
 
-    prepare(cfg)
     if cfg.model.get("name_or_path") is None:
         raise RmoptError("model.name_or_path is not set; expected the SFT policy folder, e.g. model.name_or_path=models/toy-sft")
-    output_dir = Path(cfg.output_dir)
-    ckpt_dir = output_dir / "checkpoints"
     tokenizer, policy, reference = build_policy(cfg)
-    ensemble = RewardEnsemble.load(
-        cfg.proxy_rm_path, cfg.seeds, normalise=bool(cfg.normalise), max_length=int(cfg.max_length)
-    )
-    objective = hydra.utils.instantiate(cfg.objective)
-    data = hydra.utils.instantiate(cfg.data)
-    prompts = data.instructions(cfg.prompt_split)
+    if ensemble is None:
+        ensemble = RewardEnsemble.load(
+            cfg.proxy_rm_path, cfg.seeds, normalise=bool(cfg.normalise), max_length=int(cfg.max_length)
+        )
+    data = data if data is not None else hydra.utils.instantiate(cfg.data)
     val = data.instructions("val")
-    eval_prompts = val.select(range(min(int(cfg.eval_prompts), len(val))))
-    module = PPOModule(
+    return PPOModule(
         policy,
         reference,
         tokenizer,
         ensemble,
-        objective,
-        prompts,
-        eval_prompts,
+        hydra.utils.instantiate(cfg.objective),
+        data.instructions(cfg.prompt_split),
+        val.select(range(min(int(cfg.eval_prompts), len(val)))),
         settings_from(cfg),
         optimizer=hydra.utils.instantiate(cfg.optimizer),
-        output_dir=output_dir,
+        output_dir=cfg.output_dir,
         seed=int(cfg.seed),
     )
+
+
+def train(cfg: DictConfig, ensemble=None) -> dict[str, float]:
+    """Run PPO; write eval files, checkpoints, the final policy + value head, results and figure.
+
+    ``ensemble`` replaces the proxy RMs of ``cfg`` (anything with RewardEnsemble's ``score_ids``).
+    """
+    import warnings
+
+    if int(cfg.trainer.max_steps) < 1:
+        raise RmoptError(f"trainer.max_steps={cfg.trainer.max_steps} is not valid for PPO; expected the number of PPO steps, e.g. 3000")
+    prepare(cfg)
+    warnings.filterwarnings("ignore", message=".*(pre-optimization state|module\\(s\\) in eval mode).*")
+    output_dir = Path(cfg.output_dir)
+    ckpt_dir = output_dir / "checkpoints"
+    data = hydra.utils.instantiate(cfg.data)
+    module = build_module(cfg, ensemble, data)
     save_run_config(cfg, output_dir)
     trainer = build_trainer(cfg, ckpt_dir)
     trainer.fit(module, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, ckpt_dir))
-    save_policy(output_dir / "policy", policy, tokenizer)
+    save_policy(output_dir / "policy", module.policy, module.tokenizer)
     if cfg.gold_eval:
-        score_gold(output_dir, load_gold(cfg, data))
+        score_gold(output_dir, load_gold(cfg, data), cfg.get("gold_batch_size"))
     results = write_results(output_dir)
     last = results["points"][-1]
     print(f"PPO policy saved to {output_dir / 'policy'}; results in {output_dir / 'results.json'}")
     print(curve_text(results["points"]))
-    return {k: v for k, v in last.items() if isinstance(v, float)}
+    return {"step": float(module.global_step), **{k: v for k, v in last.items() if isinstance(v, float)}}
 
 
 def save_policy(folder: Path, policy, tokenizer) -> None:
