@@ -39,17 +39,30 @@ def hub_reachable(host: str = "huggingface.co") -> bool:
 
 
 def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
-    """Load from a local folder or the hub, turning hub/path failures into one clear line."""
-    local = os.path.isdir(name_or_path)
-    if not local and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+    """Load from a local folder or the hub, turning hub/path failures into one clear line.
+
+    An existing folder is loaded as is; a missing path that looks local (``./x``, ``/x``, ``~/x``,
+    ``a/b/c``, or ``a/b`` where ``a`` is a local folder) is an error; anything else is a hub name,
+    read from the local cache only (no network, no retries) when the hub is unreachable.
+    """
+    from rmopt.data.sources import looks_like_local_path
+
+    name_or_path = str(name_or_path)
+    expanded = os.path.expanduser(name_or_path)
+    local = os.path.isdir(expanded)
+    if not local and looks_like_local_path(name_or_path):
         raise RmoptError(f"{what} path {name_or_path!r} does not exist")
-    if not local and not hub_reachable():
+    if local:
+        name_or_path = expanded
+    elif not hub_reachable():
         kwargs["local_files_only"] = True  # use the local cache if it has the model; fail at once if not
     try:
         return loader(name_or_path, **kwargs)
     except (OSError, ValueError) as e:
         if local:
-            raise RmoptError(f"cannot load {what} from folder {name_or_path!r}: {str(e).splitlines()[0]}") from e
+            raise RmoptError(
+                f"cannot load {what} from folder {name_or_path!r}: {str(e).splitlines()[0]}"
+            ) from e
         raise RmoptError(
             f"{what} {name_or_path!r} is not a local folder and could not be fetched from the Hugging Face hub "
             f"(offline or unknown name); download it where the hub is reachable or pass a local folder"
@@ -109,7 +122,9 @@ class ModelSource:
 
     def load_tokenizer(self):
         # `toy` names the tokenizer of a fresh toy model; a saved folder brings its own tokenizer
-        source = self.name_or_path if self.tokenizer in (None, "toy") and self.name_or_path else self.tokenizer
+        source = (
+            self.name_or_path if self.tokenizer in (None, "toy") and self.name_or_path else self.tokenizer
+        )
         if source in (None, "toy"):
             from rmopt.toy.tokenizer import train_toy_tokenizer
 
@@ -136,8 +151,18 @@ class ModelSource:
         )
 
     def _finish(self, model, tokenizer):
-        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        old = model.get_input_embeddings().num_embeddings
+        if old < len(tokenizer):
+            # New tokens (the prompt format's) start at the mean of the old embeddings, which keeps the
+            # model's outputs nearly unchanged until it learns them (random rows would add noise).
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            with torch.no_grad():
+                seen = set()
+                for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+                    if emb is None or id(emb.weight) in seen or emb.weight.shape[0] != len(tokenizer):
+                        continue
+                    seen.add(id(emb.weight))
+                    emb.weight[old:] = emb.weight[:old].mean(0, keepdim=True).to(emb.weight.dtype)
         model.config.pad_token_id = tokenizer.pad_token_id
         model.config.eos_token_id = tokenizer.eos_token_id
         if getattr(model, "generation_config", None) is not None:
@@ -151,7 +176,9 @@ class ModelSource:
         if self.name_or_path is None:
             model = AutoModelForCausalLM.from_config(self._fresh_config(tokenizer))
         else:
-            model = _from_pretrained(AutoModelForCausalLM.from_pretrained, self.name_or_path, "model")
+            model = _from_pretrained(
+                AutoModelForCausalLM.from_pretrained, self.name_or_path, "model", dtype=self.torch_dtype
+            )
         return self._finish(model, tokenizer)
 
     def load_reward_model(self, tokenizer):
@@ -164,7 +191,11 @@ class ModelSource:
             model = AutoModelForSequenceClassification.from_config(config)
         else:
             model = _from_pretrained(
-                AutoModelForSequenceClassification.from_pretrained, self.name_or_path, "model", num_labels=1
+                AutoModelForSequenceClassification.from_pretrained,
+                self.name_or_path,
+                "model",
+                num_labels=1,
+                dtype=self.torch_dtype,
             )
         return self._finish(model, tokenizer)
 
