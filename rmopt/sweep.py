@@ -1,0 +1,86 @@
+"""Multirun sweeps where one failing job does not stop the others.
+
+Hydra's basic launcher stops at the first exception, and the joblib launcher re-raises it. So a
+stage's main runs its task through :func:`run_job`: in a multirun, an exception is recorded as a
+JSON file in ``<sweep dir>/failures/`` and the job returns; :class:`SweepSummary` (a Hydra
+callback, configured under ``hydra.callbacks`` of the entry config) prints which jobs failed and
+why once the sweep ends, and makes the process exit non-zero. Single runs raise as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+FAILURES = "failures"
+
+
+def _hydra():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def in_multirun() -> bool:
+    from hydra.types import RunMode
+
+    hc = _hydra()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
+
+
+def run_job(fn, cfg):
+    """``fn(cfg)``; in a multirun, a failure is recorded for :class:`SweepSummary` instead of raised."""
+    if not in_multirun():
+        return fn(cfg)
+    try:
+        return fn(cfg)
+    except Exception as e:  # any failure of one member: record it, let the sweep go on
+        from rmopt.utils import atomic_write_json
+
+        hc = _hydra()
+        num = hc.job.num
+        from rmopt.errors import RmoptError
+
+        error = (str(e) if isinstance(e, RmoptError) else f"{type(e).__name__}: {e}").splitlines()[0]
+        print(f"error: job {num} ({' '.join(hc.overrides.task)}) failed: {error}", file=sys.stderr)
+        atomic_write_json(
+            Path(hc.sweep.dir) / FAILURES / f"job{num}.json",
+            {
+                "job": num,
+                "overrides": list(hc.overrides.task),
+                "output_dir": hc.runtime.output_dir,
+                "error": error,
+                "traceback": traceback.format_exc(),
+            },
+        )
+        return None
+
+
+def read_failures(sweep_dir) -> list[dict]:
+    folder = Path(sweep_dir) / FAILURES
+    if not folder.is_dir():
+        return []
+    return sorted((json.loads(p.read_text()) for p in folder.glob("job*.json")), key=lambda f: f["job"])
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: a line per failed job, and exit code 1 if any failed."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        shutil.rmtree(Path(config.hydra.sweep.dir) / FAILURES, ignore_errors=True)  # a re-run starts clean
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failures = read_failures(sweep_dir)
+        if not failures:
+            print(f"sweep finished: every job succeeded (logs in {sweep_dir})")
+            return
+        print(f"sweep finished: {len(failures)} job(s) failed (details in {sweep_dir / FAILURES}):", file=sys.stderr)
+        for f in failures:
+            print(f"  job {f['job']} [{' '.join(f['overrides'])}]: {f['error']}", file=sys.stderr)
+        sys.exit(1)
