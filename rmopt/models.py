@@ -207,3 +207,67 @@ def count_parameters(model: torch.nn.Module) -> int:
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, so a left-padded row sees the same positions as a right-padded one."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def fsdp_strategy(
+    layers=("transformers.models.gpt_neox.modeling_gpt_neox.GPTNeoXLayer",),
+    activation_checkpointing=False,
+    **kwargs,
+):
+    """Lightning's ``FSDPStrategy`` that shards each transformer layer (``layers``: dotted class names).
+
+    ``conf/trainer/fsdp.yaml`` builds it; YAML cannot name a set of classes, which FSDP's
+    ``auto_wrap_policy`` wants. ``activation_checkpointing`` recomputes those layers' activations in
+    the backward pass (less memory, ~30% more compute).
+    """
+    from hydra.utils import get_class
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    try:
+        classes = {get_class(name) for name in layers}
+    except Exception as e:
+        raise RmoptError(f"fsdp layer class in {list(layers)} cannot be imported: {e}") from e
+    if activation_checkpointing:
+        kwargs["activation_checkpointing_policy"] = classes
+    return FSDPStrategy(auto_wrap_policy=classes, **kwargs)
+
+
+def is_sharded(strategy) -> bool:
+    """Whether a Lightning strategy holds only a shard of each parameter on a process (FSDP, ZeRO-3)."""
+    name = type(strategy).__name__
+    return (
+        "FSDP" in name
+        or "ModelParallel" in name
+        or (name == "DeepSpeedStrategy" and getattr(strategy, "zero_stage_3", False))
+    )
+
+
+def plain_model_from_state(model, state_dict: dict, prefix: str = "model."):
+    """A fresh, unwrapped copy of a Hugging Face ``model`` holding ``state_dict`` (its keys under ``prefix``)."""
+    state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not state:
+        raise RmoptError(f"state dict has no keys under {prefix!r}; cannot rebuild the model to save it")
+    plain = type(model)._from_config(model.config)
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    tied = set(getattr(plain, "all_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise RmoptError(
+            f"gathered weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    plain.generation_config = model.generation_config
+    return plain.to(next(iter(state.values())).dtype)
+
+
+def model_for_saving(trainer, model, attr: str = "model"):
+    """The model to ``save_pretrained`` after training: ``model`` itself, or under a sharding strategy
+    (FSDP, DeepSpeed ZeRO-3) a full copy gathered from every process.
+
+    Call it on every process (gathering is collective); it returns None on all but rank 0 when sharded.
+    """
+    if not is_sharded(trainer.strategy):
+        return model
+    state = trainer.strategy.lightning_module_state_dict()  # full weights, gathered on rank 0
+    if not trainer.is_global_zero:
+        return None
+    return plain_model_from_state(model, state, prefix=f"{attr}.")

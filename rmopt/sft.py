@@ -17,6 +17,7 @@ from rmopt.stage import CONFIG_PATH, build_trainer, loss_curve_text, prepare, re
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and save a Hugging Face folder (model + tokenizer) at ``cfg.output_dir``."""
     from rmopt.data.sft import SFTDataModule
+    from rmopt.models import model_for_saving
     from rmopt.modules.sft import SFTModule
     from rmopt.utils import save_hf_folder
 
@@ -48,11 +49,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     trainer.validate(module, datamodule=data, verbose=False)
     model.eval()
-    save_hf_folder(output_dir, model, tokenizer, extra_json={"sft_history.json": module.history})
-    save_run_config(cfg, output_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    print(f"SFT model saved to {output_dir}")
-    print("validation loss by step:\n" + loss_curve_text(module.history))
+    to_save = model_for_saving(trainer, model)  # every process: gathers the shards under fsdp
+    if trainer.is_global_zero:  # under ddp/fsdp every process runs this; one writes the folder
+        save_hf_folder(output_dir, to_save, tokenizer, extra_json={"sft_history.json": module.history})
+        save_run_config(cfg, output_dir)
+        print(f"SFT model saved to {output_dir}")
+        print("validation loss by step:\n" + loss_curve_text(module.history))
     return metrics
 
 

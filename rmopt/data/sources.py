@@ -58,6 +58,8 @@ def looks_like_local_path(path: str) -> bool:
     """Whether a name that does not exist was meant as a local path rather than a hub name (``owner/name``)."""
     if path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path:
         return True
+    if os.path.basename(path).rsplit(".", 1)[-1].lower() in DATA_FILE_KINDS and "." in os.path.basename(path):
+        return True  # a data file name (hub names have no extension)
     first = path.split("/", 1)[0]
     return "/" in path and os.path.isdir(first)
 
