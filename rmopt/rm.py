@@ -27,6 +27,7 @@ from rmopt.stage import (
     resolve_ckpt_path,
     save_run_config,
 )
+from rmopt.sweep import run_job
 
 
 def member_dir(cfg: DictConfig) -> Path:
@@ -103,8 +104,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="rm")
 def _main(cfg: DictConfig) -> float | None:
-    from rmopt.sweep import run_job
-
     metrics = run_job(train, cfg)
     return None if metrics is None else metrics.get("val/accuracy", float("nan"))
 

@@ -13,11 +13,16 @@ import json
 import shutil
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
 FAILURES = "failures"
+
+# conf/hydra/launcher/joblib.yaml shares its name with the plugin's schema, which Hydra 1.3 still
+# honours (it validates the YAML against it) but warns about on every run.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema", category=UserWarning)
 
 
 def _hydra():
