@@ -39,6 +39,7 @@ FIGURE_FILE = "bon.png"
 GOLD_GENS_COLUMNS = ("instruction", "input", "answers", "gold_scores")
 ENSEMBLE_OBJECTIVES = ("mean", "wco", "uwo")
 PART_ANSWERS = 200_000  # answers per stored part while scoring or generating (the unit of resumption)
+GENERATE_ANSWERS = 50_000  # answers per stored part while generating (token id lists are held per part)
 TOKENIZE_ANSWERS = 8192  # answers tokenized at once (token id lists are the big Python objects)
 
 
@@ -277,6 +278,8 @@ def load_gold_gens(path: str, big_n: int, num_prompts: int | None = None) -> Gol
 def folder_fingerprint(path: str | os.PathLike) -> dict:
     """Which model a folder holds, cheaply: its absolute path and the size and mtime of its files."""
     path = Path(path)
+    if not path.exists():  # a hub name: the name is all we know without asking the hub
+        return {"path": str(path), "files": {}}
     files = {}
     for f in sorted(path.iterdir()) if path.is_dir() else []:
         if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".model", ".txt"):
@@ -296,9 +299,9 @@ def generate_gold_gens(cfg, data, gold, output_dir: Path, device: str) -> Path:
     from rmopt.utils import atomic_write_json
 
     policy = str(cfg.model.name_or_path)
-    if not os.path.isdir(policy):
+    if not os.path.isdir(policy) and (policy.startswith((".", "/", "~")) or policy.count("/") != 1):
         raise RmoptError(
-            f"model.name_or_path {policy!r} is not a folder; expected the SFT policy to sample from"
+            f"model.name_or_path {policy!r} does not exist; expected the SFT policy folder (or hub name) to sample from"
         )
     prompts = data.instructions("val")
     P = len(prompts) if cfg.num_prompts is None else _positive_int(cfg.num_prompts, "num_prompts")
@@ -323,7 +326,7 @@ def generate_gold_gens(cfg, data, gold, output_dir: Path, device: str) -> Path:
     _reset_parts(parts, meta)
     instructions = prompts[:P]["instruction"]
     inputs = [x or "" for x in prompts[:P]["input"]]
-    per_part = max(1, PART_ANSWERS // N)
+    per_part = max(1, GENERATE_ANSWERS // N)
     starts = list(range(0, P, per_part))
     todo = [s for s in starts if not (parts / f"part-{s:07d}.parquet").exists()]
     if todo:
