@@ -25,11 +25,7 @@ GOLD_GENS_COLUMNS = ("instruction", "input", "answers", "gold_scores")
 DATA_FILE_KINDS = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv"}
 
 # Split names that mean the same thing across published sets (asked for -> also tried).
-SPLIT_ALIASES = {
-    "val": ("validation", "valid", "dev"),
-    "validation": ("val", "valid", "dev"),
-    "test": ("validation",),
-}
+SPLIT_ALIASES = {"val": ("validation", "valid", "dev"), "validation": ("val", "valid", "dev")}
 
 # How preference pairs are stored; each is converted to answers [2] + preference 0/1.
 # pairs: answers (2 strings) + preference 0/1 (the published gold-labelled pairs); alpaca_human:
@@ -48,7 +44,7 @@ def require_columns(dataset, columns, name: str) -> None:
     if missing:
         raise RmoptError(
             f"data set {name!r} has no column {missing[0]!r}; expected columns {list(columns)} "
-            f"(it has {list(dataset.column_names)}; map other names with the data config's `columns`)"
+            f"(it has {list(dataset.column_names)}; map other names with the data config's instructions_columns or preference_columns)"
         )
     if len(dataset) == 0:
         raise RmoptError(f"data set {name!r} is empty")
