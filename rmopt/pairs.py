@@ -80,7 +80,7 @@ def sample_pairs(model, tokenizer, gold, prompts, limit, rng, generator, cfg, no
         )
         n = len(rows)
         answers = list(zip(samples.texts[:n], samples.texts[n:], strict=True))
-        scores = gold.score(instructions * 2, inputs * 2, samples.texts).reshape(2, n).T
+        scores = np.asarray(gold.score(instructions * 2, inputs * 2, samples.texts), dtype=np.float64).reshape(2, n).T
         labels, keep, flipped = label_pairs(scores, rng, cfg.ties, noise)
         counts["prompts"] += n
         counts["ties"] += int((scores[:, 0] == scores[:, 1]).sum())
@@ -103,22 +103,19 @@ def make_pairs(cfg) -> dict:
     import datasets
     from tqdm.auto import tqdm
 
+    from rmopt.gold import build_gold, resolve_device
     from rmopt.stage import prepare, save_run_config
     from rmopt.utils import atomic_dir, atomic_write_json
 
     prepare(cfg)
+    device = resolve_device(cfg.get("device"))
     source = hydra.utils.instantiate(cfg.model)
     tokenizer = source.load_tokenizer()
-    model = source.load_causal_lm(tokenizer).eval()
+    model = source.load_causal_lm(tokenizer).to(device).eval()
     data = hydra.utils.instantiate(cfg.data)
-    if not hasattr(data, "gold"):
-        raise RmoptError(
-            f"data source {type(data).__name__} has no gold reward; rmopt-pairs labels pairs with the gold "
-            f"reward of the toy world (data=toy); for AlpacaFarm use the published pairs as data.path"
-        )
-    gold = data.gold()
+    gold = build_gold(cfg.get("gold"), data)
     rng = np.random.default_rng(int(cfg.seed))
-    generator = torch.Generator().manual_seed(int(cfg.seed))
+    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
     splits, summary = {}, {}
     for name, split, limit, noise in (
         ("train", cfg.train_split, cfg.train_size, float(cfg.label_noise)),
