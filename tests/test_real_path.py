@@ -176,7 +176,8 @@ def test_alpaca_farm_instructions_and_human_preferences_from_local_copy(publishe
     assert [len(data.instructions(s)) for s in ("sft", "preference", "unlabeled", "val")] == [40, 12, 6, 10]
     assert data.instructions("val")[3] == {"instruction": "val task 3.", "input": "", "output": "answer 3"}
     train, val = data.preferences("train"), data.preferences("val")
-    assert (len(train), len(val)) == (19, 1)  # preference[:95%] and preference[95%:] of 20 rows
+    assert (len(train), len(val)) == (19, 1)
+    assert data.preferences("validation")["instruction"] == ["q19"]  # the name rmopt-rm asks for  # preference[:95%] and preference[95%:] of 20 rows
     assert train.column_names == ["instruction", "input", "answers", "preference"]
     # row i: answers [a_i, b_i]; human preference 2 when i % 3 == 0 -> index 1, else 0
     assert train[3] == {"instruction": "q3", "input": "", "answers": ["a3", "b3"], "preference": 1}
@@ -226,6 +227,7 @@ def test_custom_data_set_with_column_map_and_sliced_splits(tmp_path, monkeypatch
     assert (len(sft), len(data.instructions("preference")), len(val)) == (16, 2, 2)
     assert val[1] == {"instruction": "p19", "input": "", "output": "r19"}
     pairs = data.preferences("train")
+    assert data.preferences("validation")["answers"] == [["c19", "x19"]]
     assert len(pairs) == 19 and pairs[5] == {
         "instruction": "p5",
         "input": "",

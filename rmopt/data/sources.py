@@ -251,8 +251,16 @@ def to_preference_pairs(ds, kind: str, name: str):
     return ds.map(convert, batched=True, remove_columns=removed).select_columns(keep)
 
 
+def _mapped_split(splits, split: str) -> str:
+    """The data set's split for the one a stage asks for (``val`` and ``validation`` are one name)."""
+    for name in (split, *SPLIT_ALIASES.get(split, ())):
+        if name in splits:
+            return splits[name]
+    return split
+
+
 def _instructions(path, subset, split, splits, columns, name):
-    ds = load_local_or_hub(path, split=splits.get(split, split), subset=subset)
+    ds = load_local_or_hub(path, split=_mapped_split(splits, split), subset=subset)
     ds = rename_columns(ds, columns, name)
     require_columns(ds, INSTRUCTION_COLUMNS, f"{name}:{split}")
     return ds
@@ -264,7 +272,7 @@ def _preferences(path: str | None, split: str, subset=None, kind="pairs", column
             "data.path is not set: point it at a preference-pairs folder made by rmopt-pairs, or a hub name"
         )
     splits = dict(splits or {})
-    ds = load_local_or_hub(path, split=splits.get(split, split), subset=subset)
+    ds = load_local_or_hub(path, split=_mapped_split(splits, split), subset=subset)
     ds = rename_columns(ds, columns, path)
     return to_preference_pairs(ds, kind, f"{path}:{split}")
 
