@@ -177,7 +177,9 @@ def test_alpaca_farm_instructions_and_human_preferences_from_local_copy(publishe
     assert data.instructions("val")[3] == {"instruction": "val task 3.", "input": "", "output": "answer 3"}
     train, val = data.preferences("train"), data.preferences("val")
     assert (len(train), len(val)) == (19, 1)
-    assert data.preferences("validation")["instruction"] == ["q19"]  # the name rmopt-rm asks for  # preference[:95%] and preference[95%:] of 20 rows
+    assert data.preferences("validation")["instruction"] == [
+        "q19"
+    ]  # the name rmopt-rm asks for  # preference[:95%] and preference[95%:] of 20 rows
     assert train.column_names == ["instruction", "input", "answers", "preference"]
     # row i: answers [a_i, b_i]; human preference 2 when i % 3 == 0 -> index 1, else 0
     assert train[3] == {"instruction": "q3", "input": "", "answers": ["a3", "b3"], "preference": 1}
@@ -389,3 +391,39 @@ def test_published_model_and_data_configs_name_the_published_sets():
         "alpaca_human_preference",
     )
     assert all(d.instructions_path == "tatsu-lab/alpaca_farm" for d in data.values())
+
+
+def test_gold_rm_stand_in_with_its_own_tokenizer_scores_published_pairs(pythia_like_dir, published, tmp_path):
+    """A gold RM folder (different tokenizer from the policy's) scores the pairs' answers as text."""
+    import hydra
+    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForSequenceClassification
+
+    from rmopt.data.sources import HubData
+    from rmopt.gold import alpaca_prompt
+
+    gold_tok = AutoTokenizer.from_pretrained(pythia_like_dir)
+    torch.manual_seed(1)
+    config = GPTNeoXConfig(vocab_size=len(gold_tok), num_labels=1, pad_token_id=1, **TINY)
+    GPTNeoXForSequenceClassification(config).save_pretrained(tmp_path / "gold")
+    gold_tok.save_pretrained(tmp_path / "gold")
+    gold = hydra.utils.instantiate(
+        compose(
+            "bon",
+            [
+                "gold=alpaca_farm",
+                f"gold.name_or_path={tmp_path / 'gold'}",
+                "gold.device=cpu",
+                "gold.dtype=float32",
+            ],
+        ).gold
+    )
+    pairs = HubData(path=str(published / "pairs")).preferences("val")
+    instructions = [r["instruction"] for r in pairs for _ in range(2)]
+    answers = [a for r in pairs for a in r["answers"]]
+    scores = gold.score(instructions, [""] * len(answers), answers, batch_size=3)
+    model = GPTNeoXForSequenceClassification.from_pretrained(tmp_path / "gold").eval()
+    for j in (0, 5):  # one at a time, no padding: the score at the last token of the gold's own text
+        text = alpaca_prompt(instructions[j]) + answers[j] + gold_tok.eos_token  # append_eos: true
+        ids = gold_tok(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            assert scores[j] == pytest.approx(model(ids).logits[0, 0].item(), abs=1e-5)
