@@ -1,0 +1,1 @@
+"""Data: sources (toy world, hub and local files), tokenization, and the stages' data modules."""
