@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import hydra
@@ -22,6 +23,8 @@ def prepare(cfg: DictConfig) -> None:
     set_threads(cfg.get("threads"))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.use_deterministic_algorithms(bool(cfg.get("deterministic", True)), warn_only=True)
+    # the train loaders resume mid-epoch through rmopt.data.sampler, which Lightning cannot see
+    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -31,13 +34,20 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def build_trainer(cfg: DictConfig, ckpt_dir: str | os.PathLike | None, extra_callbacks=()):
-    """The Lightning Trainer of ``cfg.trainer``, with step checkpoints (and ``last.ckpt``) in ``ckpt_dir``."""
+    """The Lightning Trainer of ``cfg.trainer``, with step checkpoints (and ``last.ckpt``) in ``ckpt_dir``.
+
+    Checkpoints are written whole (temporary name, then rename), carry the global RNG states, and a
+    non-finite loss stops training before it reaches the weights or a checkpoint.
+    """
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    callbacks = list(extra_callbacks)
+    callbacks = [*extra_callbacks, RngState(), FiniteLoss()]
+    plugins = []
     if ckpt_dir is not None:
+        if _plain_strategy(cfg.trainer.get("strategy")):
+            plugins.append(_atomic_checkpoint_io())
         callbacks.append(
-            ModelCheckpoint(
+            _checkpoint_class(ModelCheckpoint)(
                 dirpath=ckpt_dir,
                 filename="step{step}",
                 auto_insert_metric_name=False,
@@ -49,7 +59,129 @@ def build_trainer(cfg: DictConfig, ckpt_dir: str | os.PathLike | None, extra_cal
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_every", 10))))
     loggers = build_loggers(cfg)
-    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    extra = {"plugins": plugins} if plugins else {}
+    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **extra)
+
+
+def _checkpoint_class(base):
+    class StepCheckpoint(base):
+        """ModelCheckpoint that, when a validation runs right after the checkpoint's step, saves after it.
+
+        Lightning treats a resumed step's validation as done, so a checkpoint saved before it would
+        make the resumed run skip a validation (and its sampling) that the uninterrupted run did.
+        """
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            every = self._every_n_train_steps
+            if every >= 1 and trainer.global_step % every == 0 and _validates_after_this_batch(trainer):
+                self._defer_save_until_validation = True  # ModelCheckpoint saves in on_validation_end
+                return
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    return StepCheckpoint
+
+
+def _validates_after_this_batch(trainer) -> bool:
+    loop = trainer.fit_loop
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    except Exception:  # private Lightning API: if it changes, fall back to saving before validation
+        return False
+
+
+def _plain_strategy(strategy) -> bool:
+    """Strategies that save through the Trainer's CheckpointIO (DeepSpeed and sharded FSDP have their own)."""
+    return strategy is None or (isinstance(strategy, str) and strategy.startswith(("auto", "ddp", "single")))
+
+
+def _atomic_checkpoint_io():
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """``torch.save`` to a temporary file beside the checkpoint, then ``os.replace``: a kill leaves the old
+        checkpoint or the new one, never half of one (Lightning's own save goes through a temp file in
+        /tmp and a move, which is a copy across file systems)."""
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    return AtomicCheckpointIO()
+
+
+def _callback_base():
+    from lightning.pytorch.callbacks import Callback
+
+    return Callback
+
+
+class RngState(_callback_base()):
+    """Saves the global RNG states (torch, numpy, python) in each checkpoint and restores them on resume,
+    so dropout and sampling after a resume continue as in an uninterrupted run (Lightning saves none)."""
+
+    def state_dict(self) -> dict:
+        import random
+
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            # plain lists and numbers: checkpoints load with torch.load(weights_only=True)
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return {"rng": state}
+
+    def __init__(self):
+        self._to_restore = None
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._to_restore = state_dict.get("rng")  # applied when training starts, after the rest of the restore
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import random
+
+        import numpy as np
+
+        state, self._to_restore = self._to_restore, None
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class FiniteLoss(_callback_base()):
+    """Stops training at the first nan or infinite loss, before the backward pass: the weights and the
+    checkpoints keep the last good state."""
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            from rmopt.errors import RmoptError
+
+            ckpt = trainer.checkpoint_callback
+            last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt is not None else ""
+            where = f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
+            value = "nan" if torch.isnan(loss.detach()).any() else "infinite"
+            raise RmoptError(
+                f"loss became {value} at step {trainer.global_step}; training stopped ({where}; "
+                f"resume with ckpt_path=last after lowering optimizer.lr)"
+            )
 
 
 def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: str | os.PathLike) -> str | None:

@@ -95,15 +95,9 @@ class PreferenceDataModule(L.LightningDataModule):
         ]
 
     def train_dataloader(self):
-        generator = torch.Generator().manual_seed(int(self.seed))
-        return DataLoader(
-            self.train_rows,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
-            collate_fn=PairCollator(self.tokenizer.pad_token_id),
-            drop_last=len(self.train_rows) >= self.batch_size,
-        )
+        from rmopt.data.sampler import train_loader
+
+        return train_loader(self, self.train_rows, self.batch_size, int(self.seed), PairCollator(self.tokenizer.pad_token_id))
 
     def val_dataloader(self):
         return DataLoader(self.val_rows, batch_size=self.batch_size, collate_fn=PairCollator(self.tokenizer.pad_token_id))

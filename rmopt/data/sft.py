@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from rmopt.data.collate import SFTCollator, tokenize_sft
@@ -45,15 +44,9 @@ class SFTDataModule(L.LightningDataModule):
         return ds.select(range(min(n, len(ds))))
 
     def train_dataloader(self):
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_rows,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
-            collate_fn=SFTCollator(self.tokenizer.pad_token_id),
-            drop_last=len(self.train_rows) >= self.batch_size,
-        )
+        from rmopt.data.sampler import train_loader
+
+        return train_loader(self, self.train_rows, self.batch_size, self.seed, SFTCollator(self.tokenizer.pad_token_id))
 
     def val_dataloader(self):
         return DataLoader(self.val_rows, batch_size=self.batch_size, collate_fn=SFTCollator(self.tokenizer.pad_token_id))

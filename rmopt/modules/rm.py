@@ -96,5 +96,11 @@ class RewardModule(L.LightningModule):
         if not self.trainer.sanity_checking and not any(h["step"] == self.global_step for h in self.history):
             self.history.append({"step": self.global_step, "val_accuracy": float(accs.mean()), "val_loss": float(loss)})
 
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["rmopt_history"] = list(self.history)  # the curve so far, so a resumed run reports all of it
+
+    def on_load_checkpoint(self, checkpoint):
+        self.history = list(checkpoint.get("rmopt_history", []))
+
     def configure_optimizers(self):
         return configure_optimizer(self, self.model.parameters(), self.optimizer_factory, self.warmup_steps)

@@ -57,5 +57,11 @@ class SFTModule(L.LightningModule):
             [{"instruction": i, "input": x, "answer": a} for i, x, a in zip(rows["instruction"], rows["input"], samples.texts)],
         )
 
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["rmopt_history"] = list(self.history)  # the curve so far, so a resumed run reports all of it
+
+    def on_load_checkpoint(self, checkpoint):
+        self.history = list(checkpoint.get("rmopt_history", []))
+
     def configure_optimizers(self):
         return configure_optimizer(self, self.model.parameters(), self.optimizer_factory, self.warmup_steps)
