@@ -677,7 +677,7 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
 
     from rmopt.ensemble import member_paths
     from rmopt.gold import build_gold, resolve_device
-    from rmopt.stage import prepare, save_run_config
+    from rmopt.stage import already_done, prepare, save_run_config
     from rmopt.utils import atomic_write_json
 
     prepare(cfg)
@@ -697,8 +697,7 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
     uwo_weights = [float(w) for w in (cfg.uwo_weights or [])]
     ensemble_names(objectives, uwo_weights)  # check before any expensive work
     device = resolve_device(cfg.device)
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(cfg.output_dir)  # created once the inputs have passed their checks
 
     if cfg.gold_gens:
         gens = load_gold_gens(str(cfg.gold_gens), big_n, cfg.num_prompts)
@@ -711,6 +710,7 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
         raise RmoptError(
             "no answers: set gold_gens (a gold-labelled generations set) or model.name_or_path (a policy folder to sample from)"
         )
+    output_dir.mkdir(parents=True, exist_ok=True)
     print(f"best-of-n over {gens.P} prompts x N={gens.N} answers, n in {ns[0]}..{ns[-1]} ({len(ns)} values)")
 
     run_key = {
@@ -723,10 +723,10 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
         "max_length": int(cfg.max_length),
     }
     run_file = output_dir / RUN_FILE
-    if run_file.exists() and json.loads(run_file.read_text()).get("key") == run_key:
-        print(
-            f"this best-of-n run already finished in {output_dir}: reusing stored scores, recomputing the curves"
-        )
+    if run_file.exists():
+        done = json.loads(run_file.read_text())
+        if done.get("key") == run_key and already_done(cfg, output_dir):
+            return {name: _read_curve(output_dir / name / RESULTS_FILE) for name in done["results"]}
 
     member_scores, head_names = stored_proxy_scores(
         gens,
@@ -755,6 +755,11 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
     atomic_write_json(run_file, {"key": run_key, "results": sorted(curves)})
     _print_summary(curves, written, figure)
     return curves
+
+
+def _read_curve(path: Path) -> dict[str, list]:
+    records = json.loads(path.read_text())
+    return {k: [r[k] for r in records] for k in ("n", "proxy_score", "gold_score", "kl_bon")}
 
 
 def _plot(curves, path: Path, gens: GoldGens) -> Path:
@@ -787,7 +792,9 @@ def _hydra_task():
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bon")
     def _main(cfg) -> None:
-        run_bon(cfg)
+        from rmopt.sweep import run_job
+
+        run_job(run_bon, cfg)
 
     return cli_errors(_main)
 

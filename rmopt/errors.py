@@ -14,6 +14,17 @@ class RmoptError(Exception):
     """A problem with the user's input or environment, reported as one line without a traceback."""
 
 
+# What the CLIs report as one line (no traceback): ours, and the bad-value / missing-file errors of the
+# libraries we call with user input.
+USER_ERRORS = (RmoptError, ValueError, FileNotFoundError)
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (KeyError's repr quotes are kept: they name the key)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def group_options(group: str, config_dir: Path = CONFIG_DIR) -> list[str] | None:
     """The options of a config group (``model`` -> toy-tiny, ...), or None if it is no group of ours."""
     folder = config_dir / group
@@ -62,10 +73,10 @@ def cli_errors(fn):
         try:
             check_overrides(sys.argv[1:])
             return fn(*args, **kwargs)
-        except (RmoptError, ValueError, FileNotFoundError) as e:
+        except USER_ERRORS as e:
             if os.environ.get("RMOPT_TRACEBACK"):
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(1)
 
     return wrapper

@@ -14,6 +14,9 @@ so the same pairs serve every member of an ensemble.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import hydra
 import numpy as np
 import torch
@@ -21,6 +24,7 @@ from omegaconf import DictConfig
 
 from rmopt.errors import RmoptError, cli_errors
 from rmopt.stage import CONFIG_PATH
+from rmopt.sweep import run_job
 
 TIES = ("drop", "random")
 
@@ -104,9 +108,11 @@ def make_pairs(cfg) -> dict:
     from tqdm.auto import tqdm
 
     from rmopt.gold import build_gold, resolve_device
-    from rmopt.stage import prepare, save_run_config
+    from rmopt.stage import already_done, prepare, save_run_config
     from rmopt.utils import atomic_dir, atomic_write_json
 
+    if already_done(cfg, cfg.output_dir):
+        return json.loads((Path(cfg.output_dir) / "pairs_summary.json").read_text())
     prepare(cfg)
     device = resolve_device(cfg.get("device"))
     source = hydra.utils.instantiate(cfg.model)
@@ -140,7 +146,11 @@ def make_pairs(cfg) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pairs")
-def _main(cfg: DictConfig) -> int:
+def _main(cfg: DictConfig) -> int | None:
+    return run_job(_run, cfg)
+
+
+def _run(cfg: DictConfig) -> int:
     summary = make_pairs(cfg)
     for name, s in summary.items():
         print(

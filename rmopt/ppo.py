@@ -22,7 +22,8 @@ import torch
 from omegaconf import DictConfig
 
 from rmopt.errors import RmoptError, cli_errors
-from rmopt.stage import CONFIG_PATH, build_trainer, prepare, resolve_ckpt_path, save_run_config
+from rmopt.stage import CONFIG_PATH, already_done, build_trainer, prepare, resolve_ckpt_path, save_run_config
+from rmopt.sweep import run_job
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -85,6 +86,8 @@ def train(cfg: DictConfig, ensemble=None) -> dict[str, float]:
 
     if int(cfg.trainer.max_steps) < 1:
         raise RmoptError(f"trainer.max_steps={cfg.trainer.max_steps} is not valid for PPO; expected the number of PPO steps, e.g. 3000")
+    if already_done(cfg, cfg.output_dir, marker="results.json"):
+        return {}
     prepare(cfg)
     warnings.filterwarnings("ignore", message=".*(pre-optimization state|module\\(s\\) in eval mode).*")
     output_dir = Path(cfg.output_dir)
@@ -93,7 +96,7 @@ def train(cfg: DictConfig, ensemble=None) -> dict[str, float]:
     module = build_module(cfg, ensemble, data)
     save_run_config(cfg, output_dir)
     trainer = build_trainer(cfg, ckpt_dir)
-    trainer.fit(module, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, ckpt_dir))
+    trainer.fit(module, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, ckpt_dir, cfg.get("resume", False)))
     save_policy(output_dir / "policy", module.policy, module.tokenizer)
     if cfg.gold_eval:
         score_gold(output_dir, load_gold(cfg, data), cfg.get("gold_batch_size"))
@@ -142,7 +145,7 @@ def eval_files(run_dir: str | os.PathLike) -> list[Path]:
     return files
 
 
-def score_gold(run_dir: str | os.PathLike, gold, batch_size: int | None = None) -> int:
+def score_gold(run_dir: str | os.PathLike, gold, batch_size: int | None = None, overwrite: bool = False) -> int:
     """Add gold scores to every eval file of a run (each rewritten atomically); files already scored are skipped.
 
     The gold scorer gets the decoded text (instruction, input, answer) and builds its own input
@@ -154,7 +157,7 @@ def score_gold(run_dir: str | os.PathLike, gold, batch_size: int | None = None) 
     for path in eval_files(run_dir):
         record = json.loads(path.read_text())
         rows = record["rows"]
-        if "gold" in record and all("gold" in r for r in rows):
+        if not overwrite and "gold" in record and all("gold" in r for r in rows):
             continue
         kwargs = {"batch_size": batch_size} if batch_size else {}
         scores = gold.score([r["instruction"] for r in rows], [r["input"] for r in rows], [r["answer"] for r in rows], **kwargs)
@@ -259,8 +262,10 @@ def gold(cfg: DictConfig) -> dict:
     runs = find_runs(patterns)
     scorer = load_gold(cfg)  # loaded once for every run
     for run in runs:
-        n = score_gold(run, scorer, cfg.get("gold_batch_size"))
+        n = score_gold(run, scorer, cfg.get("gold_batch_size"), overwrite=bool(cfg.get("overwrite", False)))
         results = write_results(run)
+        if n == 0:
+            print(f"already done: {run} (every eval file has gold scores; overwrite=true to redo)")
         print(f"{run}: gold-scored {n} new eval file(s)\n{curve_text(results['points'])}")
     out = {"runs": [str(r) for r in runs]}
     if len(runs) > 1:
@@ -271,13 +276,14 @@ def gold(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="ppo")
-def _main(cfg: DictConfig) -> float:
-    return train(cfg).get("proxy_score", float("nan"))
+def _main(cfg: DictConfig) -> float | None:
+    metrics = run_job(train, cfg)
+    return None if metrics is None else metrics.get("proxy_score", float("nan"))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="ppo_gold")
 def _gold_main(cfg: DictConfig) -> None:
-    gold(cfg)
+    run_job(gold, cfg)
 
 
 main = cli_errors(_main)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from rmopt.errors import RmoptError, cli_errors
 from rmopt.stage import (
     CONFIG_PATH,
+    already_done,
     build_trainer,
     loss_curve_text,
     prepare,
@@ -62,8 +63,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from rmopt.data.preference import PreferenceDataModule
     from rmopt.ensemble import STATS_FILE
     from rmopt.modules.rm import RewardModule, init_score_head
+    from rmopt.models import model_for_saving
     from rmopt.utils import save_hf_folder
 
+    if already_done(cfg, member_dir(cfg)):
+        return {}
     prepare(cfg)
     heads = heads_of(cfg)
     source = hydra.utils.instantiate(cfg.model)
@@ -90,15 +94,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out = member_dir(cfg)
     ckpt_dir = out / "checkpoints"
     trainer = build_trainer(cfg, ckpt_dir)
-    trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, ckpt_dir))
+    trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, ckpt_dir, cfg.get("resume", False)))
     trainer.validate(module, datamodule=data, verbose=False)
-    model.eval()
-    stats = reward_stats(model, tokenizer, data.val_pairs, cfg.max_length)
-    save_hf_folder(out, model, tokenizer, extra_json={STATS_FILE: stats})
-    save_run_config(cfg, out)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    print(f"reward model saved to {out} (held-out accuracy {metrics.get('val/accuracy', float('nan')):.3f})")
-    print("held-out accuracy by step:\n" + loss_curve_text(module.history, key="val_accuracy"))
+    to_save = model_for_saving(trainer, model)  # every process: gathers the shards under fsdp
+    if trainer.is_global_zero:  # under ddp/fsdp every process runs this; one writes the folder
+        to_save.eval()
+        stats = reward_stats(to_save, tokenizer, data.val_pairs, cfg.max_length)
+        save_hf_folder(out, to_save, tokenizer, extra_json={STATS_FILE: stats})
+        save_run_config(cfg, out)
+        print(f"reward model saved to {out} (held-out accuracy {metrics.get('val/accuracy', float('nan')):.3f})")
+        print("held-out accuracy by step:\n" + loss_curve_text(module.history, key="val_accuracy"))
     return metrics
 
 

@@ -11,16 +11,30 @@ import hydra
 from omegaconf import DictConfig
 
 from rmopt.errors import cli_errors
-from rmopt.stage import CONFIG_PATH, build_trainer, loss_curve_text, prepare, resolve_ckpt_path, save_run_config
+from rmopt.stage import (
+    CONFIG_PATH,
+    already_done,
+    build_trainer,
+    loss_curve_text,
+    prepare,
+    resolve_ckpt_path,
+    save_run_config,
+)
+from rmopt.sweep import run_job
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train and save a Hugging Face folder (model + tokenizer) at ``cfg.output_dir``."""
+    """Train and save a Hugging Face folder (model + tokenizer) at ``cfg.output_dir``.
+
+    A folder that already holds a finished run of the same config is left as it is (``overwrite=true`` redoes it).
+    """
     from rmopt.data.sft import SFTDataModule
     from rmopt.models import model_for_saving
     from rmopt.modules.sft import SFTModule
     from rmopt.utils import save_hf_folder
 
+    if already_done(cfg, cfg.output_dir):
+        return {}
     prepare(cfg)
     source = hydra.utils.instantiate(cfg.model)
     tokenizer = source.load_tokenizer()
@@ -43,7 +57,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.output_dir)
     ckpt_dir = output_dir / "checkpoints"
     trainer = build_trainer(cfg, ckpt_dir)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, ckpt_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, ckpt_dir, cfg.get("resume", False))
     if ckpt_path is None:
         trainer.validate(module, datamodule=data, verbose=False)  # the starting point of the loss curve
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
@@ -60,8 +74,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sft")
-def _main(cfg: DictConfig) -> float:
-    return train(cfg).get("val/loss", float("nan"))
+def _main(cfg: DictConfig) -> float | None:
+    metrics = run_job(train, cfg)
+    return None if metrics is None else metrics.get("val/loss", float("nan"))
 
 
 main = cli_errors(_main)

@@ -184,8 +184,10 @@ class FiniteLoss(_callback_base()):
             )
 
 
-def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: str | os.PathLike) -> str | None:
-    """``ckpt_path=last`` resumes from ``ckpt_dir/last.ckpt`` if a run left one, else starts fresh."""
+def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: str | os.PathLike, resume: bool = False) -> str | None:
+    """``ckpt_path=last`` (or ``resume=true``) resumes from ``ckpt_dir/last.ckpt`` if a run left one, else starts fresh."""
+    if resume and ckpt_path in (None, "", "null"):
+        ckpt_path = "last"
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
@@ -206,6 +208,39 @@ def save_run_config(cfg: DictConfig, folder: str | os.PathLike, name: str = "rmo
     """The full resolved config (seed included) beside a stage's outputs."""
     text = OmegaConf.to_yaml(_plain(cfg), resolve=True)
     atomic_write_text(Path(folder) / name, text)
+
+
+# Keys that say where or how a run is shown or resumed, not what it computes: a rerun that differs
+# only in these is the same run.
+VOLATILE_KEYS = ("paths", "hydra", "ckpt_path", "resume", "overwrite", "progress", "progress_every", "trainer.enable_progress_bar")
+
+
+def already_done(cfg: DictConfig, folder: str | os.PathLike, marker: str | None = None, name: str = "rmopt_config.yaml") -> bool:
+    """True (and says so) when ``folder`` holds a finished run of this same config, unless ``overwrite=true``.
+
+    A run is finished when its saved config (``name``, written last by the stage, or ``marker`` when
+    the stage writes its config first) is there; the same config is equal up to :data:`VOLATILE_KEYS`.
+    """
+    folder = Path(folder)
+    saved = folder / name
+    if cfg.get("overwrite", False) or not saved.exists() or (marker and not (folder / marker).exists()):
+        return False
+    new = _comparable(OmegaConf.to_container(_plain(cfg), resolve=True))
+    old = _comparable(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
+    if new != old:
+        return False
+    print(f"already done: {folder} (overwrite=true to redo)")
+    return True
+
+
+def _comparable(container: dict) -> dict:
+    for key in VOLATILE_KEYS:
+        node, *rest = key.split(".")
+        if not rest:
+            container.pop(node, None)
+        elif isinstance(container.get(node), dict):
+            container[node].pop(rest[0], None)
+    return container
 
 
 def _plain(cfg: DictConfig) -> DictConfig:

@@ -10,6 +10,7 @@ why once the sweep ends, and makes the process exit non-zero. Single runs raise 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import traceback
@@ -39,9 +40,22 @@ def in_multirun() -> bool:
 
 
 def run_job(fn, cfg):
-    """``fn(cfg)``; in a multirun, a failure is recorded for :class:`SweepSummary` instead of raised."""
+    """``fn(cfg)``; in a multirun, a failure is recorded for :class:`SweepSummary` instead of raised.
+
+    In a single run, a user error (:data:`rmopt.errors.USER_ERRORS`) is printed as one line and the
+    process exits 1, before Hydra can add its own "Error executing job" line; other exceptions raise
+    as usual (``RMOPT_TRACEBACK=1`` shows user errors' tracebacks too).
+    """
     if not in_multirun():
-        return fn(cfg)
+        from rmopt.errors import USER_ERRORS, one_line
+
+        try:
+            return fn(cfg)
+        except USER_ERRORS as e:
+            if os.environ.get("RMOPT_TRACEBACK"):
+                raise
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            raise SystemExit(1) from None
     try:
         return fn(cfg)
     except Exception as e:  # any failure of one member: record it, let the sweep go on
@@ -49,9 +63,9 @@ def run_job(fn, cfg):
 
         hc = _hydra()
         num = hc.job.num
-        from rmopt.errors import RmoptError
+        from rmopt.errors import RmoptError, one_line
 
-        error = (str(e) if isinstance(e, RmoptError) else f"{type(e).__name__}: {e}").splitlines()[0]
+        error = one_line(e) if isinstance(e, RmoptError) else f"{type(e).__name__}: {one_line(e)}"
         print(f"error: job {num} ({' '.join(hc.overrides.task)}) failed: {error}", file=sys.stderr)
         atomic_write_json(
             Path(hc.sweep.dir) / FAILURES / f"job{num}.json",
