@@ -206,5 +206,4 @@ def test_two_process_ddp_reward_model_on_cpu(tmp_path):
     assert ckpt["global_step"] == 4
     # the chosen answer is always the first: 4 steps at lr 1e-3 already rank every held-out pair
     assert "held-out accuracy 1.000" in proc.stdout
-    if proc.stdout.count("reward model saved to") != 1:
-        pytest.xfail("rmopt/rm.py saves the folder on every rank; guard it with trainer.is_global_zero")
+    assert proc.stdout.count("reward model saved to") == 1  # rank 0 alone writes the folder
