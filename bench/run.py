@@ -1,0 +1,402 @@
+"""``make bench`` / ``python -m bench.run``: rmopt against its peers on the same work, medians of alternated runs.
+
+Writes bench/results.json (a list of {"name", "ours", "peer", "unit", "ratio", "setup"}; ratio > 1 means
+rmopt is better) and bench/RESULTS.md (a table). The TRL peers run in their own venv (bench/venv-trl,
+created on first use: trl 0.29.1 is the last line with a PPO trainer) as subprocesses printing JSON.
+
+    python -m bench.run                       # everything, toy-small (~1M params), ~15 min on 2 cores
+    python -m bench.run --only rm,sft --reps 1
+    python -m bench.run --quick --no-peers --out /tmp/b   # the smoke test's sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import (
+    BENCH_DIR,
+    Result,
+    machine_line,
+    make_assets,
+    matmul_flops,
+    median,
+    pin_threads,
+    ratio_of,
+    run_peer,
+    timed,
+    trl_python,
+    write_results,
+)
+
+BENCHMARKS = ("bon", "bon_memory", "ensemble", "multihead", "rm", "sft", "ppo", "generation")
+
+
+@dataclass
+class Sizes:
+    model: str = "toy-small"
+    reps: int = 3
+    bon_P: int = 1000
+    bon_N: int = 12_600
+    bon_ref_prompts: tuple = (1, 5)  # the reference is timed on these prompt counts and extrapolated linearly
+    memory_seeds: int = 2
+    score_answers: int = 512
+    score_batch: int = 256
+    members: int = 5
+    train_batch: int = 32
+    max_length: int = 64
+    train_warmup: int = 3
+    train_steps: int = 12
+    ppo_batch: int = 8
+    ppo_new_tokens: int = 32
+    ppo_epochs: int = 4
+    ppo_warmup: int = 2
+    ppo_steps: int = 5
+    gen_prompts: int = 4
+    gen_n: int = 16
+    gen_new_tokens: int = 32
+    gen_batch: int = 64
+
+
+QUICK = Sizes(
+    model="tiny", reps=1, bon_P=6, bon_N=64, bon_ref_prompts=(1, 2), memory_seeds=1, score_answers=12, score_batch=8,
+    members=2, train_batch=4, max_length=64, train_warmup=2, train_steps=2, ppo_batch=2, ppo_new_tokens=4,
+    ppo_epochs=1, ppo_warmup=2, ppo_steps=2, gen_prompts=2, gen_n=2, gen_new_tokens=4, gen_batch=4,
+)
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, work: Path, peers: bool, create_venv: bool):
+        self.s, self.work = sizes, work
+        self.assets = make_assets(work / "assets", sizes.model, pairs=max(4 * sizes.train_batch * 8, 64),
+                                  sft_rows=max(sizes.train_batch * 8, 64))
+        self.trl = trl_python(create=create_venv) if peers else None
+        self.peers = peers
+        self.flops = [matmul_flops()]
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ helpers
+    def peer(self, script: str, args: dict) -> dict | None:
+        if self.trl is None:
+            return None
+        try:
+            return run_peer(self.trl, script, args)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"  peer {script}: {e}", flush=True)
+            self.notes.append(f"{script}: {str(e)[:300]}")
+            return None
+
+    def peak_flops(self) -> float:
+        return median(self.flops)
+
+    def mfu(self, flop_per_s: float | None) -> float | None:
+        return None if flop_per_s is None else flop_per_s / self.peak_flops()
+
+    # ------------------------------------------------------------------ best-of-n
+    def bon(self) -> list[Result]:
+        import numpy as np
+
+        from bench.ours import bon_floor, bon_scores
+        from rmopt.bon import DEFAULT_NS, exact_best_of_n_reference, unbiased_best_of_n
+
+        s = self.s
+        ns = [n for n in DEFAULT_NS if n <= s.bon_N]
+        proxy, gold = bon_scores(s.bon_P, s.bon_N)
+        ours_t, floor_t = [], []
+        for _ in range(s.reps):
+            ours_t.append(timed(unbiased_best_of_n, proxy, gold, ns)[0])
+            floor_t.append(timed(bon_floor, proxy, gold)[0])
+        # the exact reference: timed on small prompt subsets, a + b * P fitted and extrapolated to P
+        p1, p2 = s.bon_ref_prompts
+        t1, r1 = timed(exact_best_of_n_reference, proxy[:p1], gold[:p1], ns)
+        t2, r2 = timed(exact_best_of_n_reference, proxy[:p2], gold[:p2], ns)
+        per_prompt = max((t2 - t1) / (p2 - p1), 0.0)
+        fixed = max(t1 - per_prompt * p1, 0.0)
+        ref_full = fixed + per_prompt * s.bon_P
+        sub = unbiased_best_of_n(proxy[:p2], gold[:p2], ns)
+        diff = max(float(np.max(np.abs(sub[k] - r2[k]))) for k in ("proxy_score", "gold_score"))
+        assert diff <= 1e-9, f"unbiased_best_of_n differs from the exact reference by {diff}"
+        ours_s, floor_s = median(ours_t), median(floor_t)
+        shape = f"P={s.bon_P}, N={s.bon_N:,}, {len(ns)} n, float32 scores"
+        return [
+            Result("BoN estimate vs exact big-integer reference", ours_s, ref_full, "s", ratio_of(ours_s, ref_full, False),
+                   f"{shape}; reference timed once at P={p1} ({t1:.1f} s) and P={p2} ({t2:.1f} s), "
+                   f"fixed binomial cost {fixed:.1f} s + {per_prompt:.3f} s/prompt extrapolated to P={s.bon_P}; "
+                   f"max |ours - reference| at P={p2}: {diff:.1e}", ">= 10x",
+                   extra={"reference_fixed_s": fixed, "reference_per_prompt_s": per_prompt, "max_abs_diff": diff}),
+            Result("BoN estimate vs floor (argsort + gather)", ours_s, floor_s, "s", ratio_of(ours_s, floor_s, False),
+                   f"{shape}; floor = one numpy.argsort of the proxy scores + one take_along_axis of gold",
+                   "ratio >= 0.67 (<= 1.5x the floor)"),
+        ]
+
+    def bon_memory(self) -> list[Result]:
+        s = self.s
+        path = self.work / "gold_gens.parquet"
+        py = sys.executable
+        args = {"P": s.bon_P, "N": s.bon_N, "path": str(path), "seeds": s.memory_seeds}
+        if not path.exists():
+            run_peer(Path(py), "bon_memory.py", {**args, "mode": "write"}, timeout=900)
+        ours = run_peer(Path(py), "bon_memory.py", {**args, "mode": "ours"}, timeout=900)
+        lists = run_peer(Path(py), "bon_memory.py", {**args, "mode": "lists"}, timeout=900)
+        gib = 1024.0
+        o, p = ours["peak_rss_mib"] / gib, lists["peak_rss_mib"] / gib
+        return [Result("BoN peak memory, with answers", o, p, "GiB", ratio_of(o, p, False),
+                       f"P={s.bon_P} x N={s.bon_N:,} answers (6 words each) + gold scores from one Parquet file, "
+                       f"{s.memory_seeds} proxy seeds; ours = rmopt-bon's load_gold_gens (memory-mapped Arrow) + "
+                       f"float32 scores + bon_curves; peer = answers/scores as Python lists per seed; peak RSS of "
+                       f"each process (ours {ours['seconds']:.0f} s, peer {lists['seconds']:.0f} s)",
+                       "ours <= 4 GiB")]
+
+    # ------------------------------------------------------------------ scoring
+    def _texts(self, count: int) -> dict:
+        prompts = json.loads(self.assets.prompts_json.read_text())
+        rows = [prompts[j % len(prompts)] for j in range(count)]
+        # answers of varied length: other prompts' outputs, some doubled
+        answers = [rows[(j + 1) % count]["output"] * (1 + j % 2) for j in range(count)]
+        return {"instruction": [r["instruction"] for r in rows], "input": [r["input"] for r in rows], "answer": answers}
+
+    def ensemble(self) -> list[Result]:
+        import torch
+
+        from bench.ours import reward_models, score_ensemble, score_one_after_another
+        from rmopt.ensemble import RewardEnsemble
+        from rmopt.models import ModelSource
+
+        s = self.s
+        tok = ModelSource(name_or_path=str(self.assets.rm_dir)).load_tokenizer()
+        models = reward_models(self.assets, s.members)
+        ens = RewardEnsemble(models, tok, max_length=s.max_length)
+        texts = self._texts(s.score_answers)
+        a = score_ensemble(ens, texts, s.score_batch)
+        b = score_one_after_another(models, tok, texts, s.max_length, s.score_batch)
+        assert torch.allclose(a, b, atol=1e-4), f"ensemble and sequential scores differ by {(a - b).abs().max()}"
+        ours_t, peer_t = [], []
+        for _ in range(max(s.reps, 5) if s.reps > 1 else 1):
+            ours_t.append(timed(score_ensemble, ens, texts, s.score_batch)[0])
+            peer_t.append(timed(score_one_after_another, models, tok, texts, s.max_length, s.score_batch)[0])
+        o, p = median(ours_t), median(peer_t)
+        return [Result(f"scoring with a {s.members}-member ensemble", o, p, "s", ratio_of(o, p, False),
+                       f"{s.score_answers} (prompt, answer) texts, batches of {s.score_batch}, max_length {s.max_length}, "
+                       f"{self.assets.model}; ours = RewardEnsemble.score; peer = each member tokenizes, pads and "
+                       "scores on its own (HF sequence-classification forward); same scores checked", ">= 1.3x")]
+
+    def multihead(self) -> list[Result]:
+        from bench.ours import reward_models, score_ensemble
+        from rmopt.ensemble import RewardEnsemble
+        from rmopt.models import ModelSource
+
+        s = self.s
+        tok = ModelSource(name_or_path=str(self.assets.rm_dir)).load_tokenizer()
+        multi = RewardEnsemble(reward_models(self.assets, 1, heads=s.members), tok, max_length=s.max_length)
+        one = RewardEnsemble(reward_models(self.assets, 1, heads=1), tok, max_length=s.max_length)
+        texts = self._texts(s.score_answers)
+        assert score_ensemble(multi, texts, s.score_batch).shape[0] == s.members
+        ours_t, peer_t = [], []
+        for _ in range(max(s.reps, 5) if s.reps > 1 else 1):
+            ours_t.append(timed(score_ensemble, multi, texts, s.score_batch)[0])
+            peer_t.append(timed(score_ensemble, one, texts, s.score_batch)[0])
+        o, p = median(ours_t), median(peer_t)
+        return [Result(f"multi-head {s.members}-member ensemble vs one RM", o, p, "s", ratio_of(o, p, False),
+                       f"same texts as the ensemble row; one trunk with a {s.members}-output head vs one RM "
+                       f"(1 output); ratio = one RM time / multi-head time", "ratio >= 0.83 (cost <= 1.2x one RM)")]
+
+    # ------------------------------------------------------------------ training
+    def _peer_common(self, name: str) -> dict:
+        a = self.assets
+        return {"lm_dir": str(a.lm_dir), "rm_dir": str(a.rm_dir), "pairs_dir": str(a.pairs_dir),
+                "sft_json": str(a.sft_json), "prompts_json": str(a.prompts_json), "out": str(self.work / f"peer-{name}")}
+
+    def rm(self) -> list[Result]:
+        import datasets
+
+        from bench.ours import rm_pairs_per_s
+        from rmopt.prompts import EOS, format_prompt
+
+        s, a = self.s, self.assets
+        pairs = datasets.load_from_disk(str(a.pairs_dir))["train"]
+        args = {**self._peer_common("rm"), "batch_size": s.train_batch, "max_length": s.max_length,
+                "warmup": s.train_warmup, "steps": s.train_steps, "eos": EOS,
+                "prompts": [format_prompt(i, x) for i, x in zip(pairs["instruction"], pairs["input"], strict=True)]}
+        ours_r, peer_r, peer_info = [], [], {}
+        for rep in range(s.reps):
+            ours_r.append(rm_pairs_per_s(a, s.train_batch, s.max_length, s.train_warmup, s.train_steps,
+                                         self.work / f"rm{rep}"))
+            out = self.peer("trl_rm.py", args)
+            if out:
+                peer_r.append(out["pairs_per_s"])
+                peer_info = out
+        o, p = median(ours_r), median(peer_r)
+        from rmopt.ensemble import tokenize_pairs
+        from rmopt.models import ModelSource
+
+        tok = ModelSource(name_or_path=str(a.rm_dir)).load_tokenizer()
+        ids = tokenize_pairs(tok, list(pairs["instruction"]) * 2, list(pairs["input"]) * 2,
+                             [x[0] for x in pairs["answers"]] + [x[1] for x in pairs["answers"]], s.max_length)
+        tokens_per_pair = 2 * sum(len(i) for i in ids) / len(ids)
+        mfu = self.mfu(None if o is None else 6 * a.params * o * tokens_per_pair)
+        peer_mfu = self.mfu(None if p is None else 6 * a.params * p * peer_info.get("tokens_per_pair", tokens_per_pair))
+        return [Result("RM training", o, p, "pairs/s", ratio_of(o, p, True),
+                       f"{a.model} ({a.params / 1e6:.2f}M params, random init), batch {s.train_batch} pairs, "
+                       f"max_length {s.max_length} (no pair cut or dropped), fp32, no gradient checkpointing, AdamW; "
+                       f"ours = RewardModule + PreferenceDataModule under the Lightning Trainer of conf/rm.yaml; "
+                       f"peer = TRL {self._trl_version()} RewardTrainer; {s.train_warmup} warm-up + {s.train_steps} "
+                       "timed steps", ">= 1.2x",
+                       extra={"MFU ours": mfu, "MFU peer": peer_mfu, "tokens/pair ours": tokens_per_pair,
+                              "tokens/pair peer": peer_info.get("tokens_per_pair"),
+                              "pairs kept by peer": peer_info.get("kept_pairs")})]
+
+    def sft(self) -> list[Result]:
+        from bench.ours import sft_rate
+
+        s, a = self.s, self.assets
+        args = {**self._peer_common("sft"), "batch_size": s.train_batch, "max_length": s.max_length,
+                "warmup": s.train_warmup, "steps": s.train_steps}
+        ours_r, peer_r, tps_o, tps_p = [], [], None, None
+        for rep in range(s.reps):
+            out = sft_rate(a, s.train_batch, s.max_length, s.train_warmup, s.train_steps, self.work / f"sft{rep}")
+            tps_o = out["tokens_per_sample"]
+            ours_r.append(out["samples_per_s"] * tps_o)
+            peer = self.peer("trl_sft.py", args)
+            if peer:
+                tps_p = peer["tokens_per_sample"]
+                peer_r.append(peer["samples_per_s"] * tps_p)
+        o, p = median(ours_r), median(peer_r)
+        return [Result("SFT training", o, p, "tokens/s", ratio_of(o, p, True),
+                       f"{a.model}, batch {s.train_batch}, max_length {s.max_length}, loss on answers only, fp32, no "
+                       f"gradient checkpointing; ours = SFTModule + SFTDataModule under the Lightning Trainer of "
+                       f"conf/sft.yaml; peer = TRL {self._trl_version()} SFTTrainer (prompt/completion, "
+                       f"completion_only_loss, no packing); tokens = non-padding input tokens",
+                       ">= 1.5x", extra={"MFU ours": self.mfu(None if o is None else 6 * a.params * o),
+                                         "MFU peer": self.mfu(None if p is None else 6 * a.params * p),
+                                         "tokens/sample ours": tps_o, "tokens/sample peer": tps_p})]
+
+    def ppo(self) -> list[Result]:
+        from bench.ours import ppo_rate
+
+        s, a = self.s, self.assets
+        args = {**self._peer_common("ppo"), "batch_size": s.ppo_batch, "new_tokens": s.ppo_new_tokens,
+                "epochs": s.ppo_epochs, "warmup": s.ppo_warmup, "steps": s.ppo_steps}
+        ours_r, peer_r = [], []
+        for rep in range(s.reps):
+            ours_r.append(ppo_rate(a, s.ppo_batch, s.ppo_new_tokens, s.ppo_epochs, s.ppo_warmup, s.ppo_steps,
+                                   self.work / f"ppo{rep}")["samples_per_s"])
+            peer = self.peer("trl_ppo.py", args)
+            if peer:
+                peer_r.append(peer["samples_per_s"])
+        o, p = median(ours_r), median(peer_r)
+        prompts = json.loads(a.prompts_json.read_text())
+        from rmopt.models import ModelSource
+
+        tok = ModelSource(name_or_path=str(a.lm_dir)).load_tokenizer()
+        prompt_len = sum(len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in prompts) / len(prompts)
+        seq = prompt_len + s.ppo_new_tokens
+
+        def flops(rate):  # per sample: generation 2PT, then training passes 6P x seq x epochs
+            return None if rate is None else rate * (2 * a.params * s.ppo_new_tokens + 6 * a.params * seq * s.ppo_epochs)
+
+        return [Result("PPO end to end", o, p, "samples/s", ratio_of(o, p, True),
+                       f"{a.model} policy, its RM shape as reward model, batch {s.ppo_batch}, {s.ppo_new_tokens} new "
+                       f"tokens, {s.ppo_epochs} PPO epochs, 1 mini-batch, full policy trained, fp32; ours = PPOModule "
+                       f"steps under the Lightning Trainer of conf/ppo.yaml (value head on the policy); peer = TRL "
+                       f"{self._trl_version()} trl.experimental.ppo.PPOTrainer (separate value model, as it requires); "
+                       f"{s.ppo_warmup} warm-up + {s.ppo_steps} timed updates", ">= 1.5x",
+                       extra={"MFU ours": self.mfu(flops(o)), "MFU peer": self.mfu(flops(p)),
+                              "mean prompt tokens": prompt_len})]
+
+    def generation(self) -> list[Result]:
+        from transformers import AutoModelForCausalLM
+
+        from bench.ours import generate_hf, generate_ours
+        from rmopt.models import ModelSource
+
+        s, a = self.s, self.assets
+        tok = ModelSource(name_or_path=str(a.lm_dir)).load_tokenizer()
+        model = AutoModelForCausalLM.from_pretrained(a.lm_dir).eval()
+        prompts = json.loads(a.prompts_json.read_text())[: s.gen_prompts]
+        ours_r, peer_r = [], []
+        for rep in range(s.reps):
+            t, n = timed(generate_ours, model, tok, prompts, s.gen_n, s.gen_new_tokens, s.gen_batch, rep)
+            ours_r.append(n / t)
+            t, n = timed(generate_hf, model, tok, prompts, s.gen_n, s.gen_new_tokens, rep)
+            peer_r.append(n / t)
+        o, p = median(ours_r), median(peer_r)
+        return [Result("generation of N answers per prompt", o, p, "new tokens/s", ratio_of(o, p, True),
+                       f"{a.model}, {s.gen_prompts} prompts x N={s.gen_n}, up to {s.gen_new_tokens} new tokens, "
+                       f"temperature 1, no top-k/top-p; ours = rmopt.generation.generate_answers, (prompt, sample) "
+                       f"rows in batches of {s.gen_batch}; peer = transformers generate(num_return_sequences=N), one "
+                       "prompt at a time", ">= 1.0x")]
+
+    _trl = None
+
+    def _trl_version(self) -> str:
+        if self.trl is None:
+            return "(not run)"
+        if Bench._trl is None:
+            Bench._trl = subprocess.run([str(self.trl), "-c", "import trl; print(trl.__version__)"],
+                                        capture_output=True, text=True).stdout.strip()
+        return Bench._trl
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma list of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions per side (default 3)")
+    parser.add_argument("--model", default=None, help="toy-small (default) or pythia-70m-shape")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (the smoke test)")
+    parser.add_argument("--no-peers", action="store_true", help="skip the TRL peers (subprocesses in bench/venv-trl)")
+    parser.add_argument("--no-venv", action="store_true", help="use bench/venv-trl only if it already exists")
+    parser.add_argument("--out", default=str(BENCH_DIR), help="folder for results.json and RESULTS.md")
+    args = parser.parse_args(argv)
+    only = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; expected some of {list(BENCHMARKS)}")
+    sizes = QUICK if args.quick else Sizes()
+    if args.reps is not None:
+        sizes.reps = args.reps
+    if args.model is not None:
+        sizes.model = args.model
+    pin_threads()
+    from rmopt.utils import quiet_third_party
+
+    quiet_third_party()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    started = time.time()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="rmopt-bench-") as tmp:
+        bench = Bench(sizes, Path(tmp), peers=not args.no_peers, create_venv=not (args.no_venv or args.quick))
+        for name in only:
+            print(f"[bench] {name} ...", flush=True)
+            t0 = time.perf_counter()
+            for r in getattr(bench, name)():
+                results.append(r)
+                print(f"  {r.name}: ours {r.ours} peer {r.peer} {r.unit} ratio {r.ratio}", flush=True)
+            print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            bench.flops.append(matmul_flops())
+        header = {
+            "made": time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+            + f" by `{' '.join(['python -m bench.run', *(argv if argv is not None else sys.argv[1:])])}`",
+            "took": f"{(time.time() - started) / 60:.1f} min",
+            "machine": machine_line(),
+            "peak fp32 matmul (1024^3, 1 thread)": f"{bench.peak_flops() / 1e9:.1f} GFLOP/s (median over the run; "
+                                                   "MFU = achieved training FLOP/s over this)",
+            "peers": f"TRL {bench._trl_version()} in bench/venv-trl" if bench.trl else "TRL peers not run",
+            "model": f"{sizes.model} ({bench.assets.params / 1e6:.2f}M params, random init, toy tokenizer)",
+        }
+        if bench.notes:
+            header["peer failures"] = "; ".join(bench.notes)
+    json_path, md_path = write_results(results, Path(args.out), header)
+    print(f"wrote {json_path} and {md_path} in {(time.time() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
