@@ -92,6 +92,31 @@ def _check_scores(proxy, gold) -> tuple[np.ndarray, np.ndarray]:
     return proxy, gold
 
 
+def _stable_row_order(scores: np.ndarray) -> np.ndarray:
+    """``np.argsort(scores, axis=1, kind="stable")``, computed faster.
+
+    float32 (and float16) scores: each score's bits become an order-preserving unsigned key (sign bit
+    flipped for positives, all bits for negatives; -0.0 made +0.0 first so it ties with 0.0), the
+    answer's index goes in the low 32 bits, and one plain sort of these unique 64-bit keys gives the
+    stable order (ties ordered by index) at about a third of the cost of a stable argsort.
+    Other dtypes: a plain argsort, then a stable one for the rows that hold ties.
+    """
+    if scores.dtype in (np.float32, np.float16) and scores.shape[1] < 2**32:
+        bits = (scores.astype(np.float32) + np.float32(0.0)).view(np.uint32)
+        bits = bits ^ ((np.uint32(0) - (bits >> np.uint32(31))) | np.uint32(0x80000000))
+        keys = bits.astype(np.uint64)
+        keys <<= np.uint64(32)
+        keys |= np.arange(scores.shape[1], dtype=np.uint64)
+        keys.sort(axis=1)
+        return (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
+    order = np.argsort(scores, axis=1)
+    ranked = np.take_along_axis(scores, order, axis=1)
+    tied = np.flatnonzero((ranked[:, 1:] == ranked[:, :-1]).any(axis=1))
+    if tied.size:
+        order[tied] = np.argsort(scores[tied], axis=1, kind="stable")
+    return order
+
+
 def unbiased_best_of_n(proxy, gold, ns=DEFAULT_NS) -> dict[str, np.ndarray]:
     """Expected proxy and gold score of best-of-n, for each n, averaged over prompts.
 
@@ -106,7 +131,7 @@ def unbiased_best_of_n(proxy, gold, ns=DEFAULT_NS) -> dict[str, np.ndarray]:
     proxy, gold = _check_scores(proxy, gold)
     N = proxy.shape[1]
     ns = _check_ns(ns, N)
-    order = np.argsort(proxy, axis=1, kind="stable")
+    order = _stable_row_order(proxy)
     # The weights do not depend on the prompt, so average each rank over prompts first.
     proxy_by_rank = np.take_along_axis(proxy, order, axis=1).mean(axis=0, dtype=np.float64)
     gold_by_rank = np.take_along_axis(gold, order, axis=1).mean(axis=0, dtype=np.float64)
