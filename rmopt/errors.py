@@ -20,9 +20,30 @@ USER_ERRORS = (RmoptError, ValueError, FileNotFoundError)
 
 
 def one_line(e: BaseException) -> str:
-    """The first line of an exception's message (KeyError's repr quotes are kept: they name the key)."""
+    """The first line of an exception's message; Hydra's override errors keep their hint (second line)."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines[:2]) if _is_hydra_error(e) else lines[0]
+
+
+def _is_hydra_error(e: BaseException) -> bool:
+    from hydra.errors import HydraException, InstantiationException
+
+    return isinstance(e, HydraException) and not isinstance(e, InstantiationException)
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The user error behind ``e``: itself, or what it wraps (``hydra.utils.instantiate`` wraps the
+    errors of the objects it builds); a Hydra config/override error counts too. None for a bug."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, USER_ERRORS) or _is_hydra_error(e):
+            return e
+        e = e.__cause__
+    return None
 
 
 def group_options(group: str, config_dir: Path = CONFIG_DIR) -> list[str] | None:
@@ -73,10 +94,11 @@ def cli_errors(fn):
         try:
             check_overrides(sys.argv[1:])
             return fn(*args, **kwargs)
-        except USER_ERRORS as e:
-            if os.environ.get("RMOPT_TRACEBACK"):
+        except Exception as e:
+            cause = user_error(e)
+            if cause is None or os.environ.get("RMOPT_TRACEBACK"):
                 raise
-            print(f"error: {one_line(e)}", file=sys.stderr)
+            print(f"error: {one_line(cause)}", file=sys.stderr)
             sys.exit(1)
 
     return wrapper

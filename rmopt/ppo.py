@@ -55,6 +55,7 @@ def build_module(cfg: DictConfig, ensemble=None, data=None):
 
     if cfg.model.get("name_or_path") is None:
         raise RmoptError("model.name_or_path is not set; expected the SFT policy folder, e.g. model.name_or_path=models/toy-sft")
+    objective = hydra.utils.instantiate(cfg.objective)  # checks the objective's weight before loading models
     tokenizer, policy, reference = build_policy(cfg)
     if ensemble is None:
         ensemble = RewardEnsemble.load(
@@ -67,7 +68,7 @@ def build_module(cfg: DictConfig, ensemble=None, data=None):
         reference,
         tokenizer,
         ensemble,
-        hydra.utils.instantiate(cfg.objective),
+        objective,
         data.instructions(cfg.prompt_split),
         val.select(range(min(int(cfg.eval_prompts), len(val)))),
         settings_from(cfg),

@@ -47,14 +47,15 @@ def run_job(fn, cfg):
     as usual (``RMOPT_TRACEBACK=1`` shows user errors' tracebacks too).
     """
     if not in_multirun():
-        from rmopt.errors import USER_ERRORS, one_line
+        from rmopt.errors import one_line, user_error
 
         try:
             return fn(cfg)
-        except USER_ERRORS as e:
-            if os.environ.get("RMOPT_TRACEBACK"):
+        except Exception as e:
+            cause = user_error(e)
+            if cause is None or os.environ.get("RMOPT_TRACEBACK"):
                 raise
-            print(f"error: {one_line(e)}", file=sys.stderr)
+            print(f"error: {one_line(cause)}", file=sys.stderr)
             raise SystemExit(1) from None
     try:
         return fn(cfg)
@@ -63,9 +64,10 @@ def run_job(fn, cfg):
 
         hc = _hydra()
         num = hc.job.num
-        from rmopt.errors import RmoptError, one_line
+        from rmopt.errors import RmoptError, one_line, user_error
 
-        error = one_line(e) if isinstance(e, RmoptError) else f"{type(e).__name__}: {one_line(e)}"
+        cause = user_error(e) or e
+        error = one_line(cause) if isinstance(cause, RmoptError) else f"{type(cause).__name__}: {one_line(cause)}"
         print(f"error: job {num} ({' '.join(hc.overrides.task)}) failed: {error}", file=sys.stderr)
         atomic_write_json(
             Path(hc.sweep.dir) / FAILURES / f"job{num}.json",

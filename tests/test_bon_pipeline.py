@@ -252,7 +252,7 @@ def test_toy_world_end_to_end_generates_scores_and_reuses(
     again = run_bon(_bon_cfg(out, overrides))
     assert again == curves
     printed = capsys.readouterr().out
-    assert "already finished" in printed and "reusing generated answers" in printed
+    assert "already done" in printed and "reusing generated answers" in printed
 
     # a changed member is scored again (only that one), the other is reused
     scored = []
