@@ -24,7 +24,14 @@ QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 # a tiny SFT run over ~3 epochs of 12 batches: resumes land mid-epoch; validation (with sampling) every 10
 SFT_ARGS = ["experiment=toy", *QUIET, *TINY_ARGS, "data.sizes.sft=200", "data.sizes.val=32", "batch_size=16"]
 SFT_ARGS += ["trainer.max_steps=40", "checkpoint_every=5", "trainer.val_check_interval=10", "sample_count=2"]
-RM_ARGS = ["experiment=toy", *QUIET, *TINY_ARGS, "batch_size=8", "trainer.max_steps=30", "trainer.max_epochs=-1"]
+RM_ARGS = [
+    "experiment=toy",
+    *QUIET,
+    *TINY_ARGS,
+    "batch_size=8",
+    "trainer.max_steps=30",
+    "trainer.max_epochs=-1",
+]
 RM_ARGS += ["checkpoint_every=4", "trainer.val_check_interval=8", "warmup_steps=5"]
 
 
@@ -88,13 +95,19 @@ def kill_at_checkpoint(module, args, cwd, ckpt_dir: Path, step: int, timeout: fl
     """Start ``python -m module args``; SIGKILL it as soon as ``ckpt_dir/step{step}.ckpt`` exists."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + timeout
     try:
         while not (ckpt_dir / f"step{step}.ckpt").exists():
             if proc.poll() is not None:
-                raise AssertionError(f"{module} ended before step {step}: {proc.stderr.read().decode()[-2000:]}")
+                raise AssertionError(
+                    f"{module} ended before step {step}: {proc.stderr.read().decode()[-2000:]}"
+                )
             assert time.monotonic() < deadline, f"no step{step}.ckpt after {timeout} s"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
@@ -121,7 +134,9 @@ def test_sft_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
     train(compose("sft", [*SFT_ARGS, f"output_dir={tmp_path / 'a'}"], output_dir=tmp_path / "run-a"))
     # killed right after the step-15 checkpoint (mid-epoch: 12 batches an epoch; not a validation step)
     b = tmp_path / "b"
-    kill_at_checkpoint("rmopt.sft", [*SFT_ARGS, f"output_dir={b}", "hydra.run.dir=run-b"], tmp_path, b / "checkpoints", 15)
+    kill_at_checkpoint(
+        "rmopt.sft", [*SFT_ARGS, f"output_dir={b}", "hydra.run.dir=run-b"], tmp_path, b / "checkpoints", 15
+    )
     assert not (b / "model.safetensors").exists()
     check_checkpoints_whole(b / "checkpoints")
     # resumed: resume=true is ckpt_path=last
@@ -138,11 +153,23 @@ def test_rm_killed_mid_run_resumes_to_the_same_weights(tmp_path, pairs_dir):
     args = [*RM_ARGS, f"data.path={pairs_dir}"]
     train(compose("rm", [*args, f"output_dir={tmp_path / 'a'}"], output_dir=tmp_path / "run-a"))
     b = tmp_path / "b_seed1"
-    kill_at_checkpoint("rmopt.rm", [*args, f"output_dir={tmp_path / 'b'}", "hydra.run.dir=run-b"], tmp_path, b / "checkpoints", 20)  # epoch 1, batch 8 of 12
+    kill_at_checkpoint(
+        "rmopt.rm",
+        [*args, f"output_dir={tmp_path / 'b'}", "hydra.run.dir=run-b"],
+        tmp_path,
+        b / "checkpoints",
+        20,
+    )  # epoch 1, batch 8 of 12
     check_checkpoints_whole(b / "checkpoints")
-    train(compose("rm", [*args, f"output_dir={tmp_path / 'b'}", "ckpt_path=last"], output_dir=tmp_path / "run-b2"))
+    train(
+        compose(
+            "rm", [*args, f"output_dir={tmp_path / 'b'}", "ckpt_path=last"], output_dir=tmp_path / "run-b2"
+        )
+    )
     assert_same_weights(tmp_path / "a_seed1", b)
-    assert json.loads((b / "reward_stats.json").read_text()) == json.loads((tmp_path / "a_seed1" / "reward_stats.json").read_text())
+    assert json.loads((b / "reward_stats.json").read_text()) == json.loads(
+        (tmp_path / "a_seed1" / "reward_stats.json").read_text()
+    )
 
 
 def test_sampler_order_depends_on_seed_and_epoch_and_skips_consumed_batches():
@@ -225,7 +252,14 @@ def test_sft_sweep_with_a_failing_member_finishes_the_others(tmp_path, monkeypat
     from rmopt.sft import main
 
     monkeypatch.chdir(tmp_path)
-    args = ["-m", *SFT_ARGS, "trainer.max_steps=2", "sample_count=0", "output_dir=out", "hydra.sweep.dir=sweep"]
+    args = [
+        "-m",
+        *SFT_ARGS,
+        "trainer.max_steps=2",
+        "sample_count=0",
+        "output_dir=out",
+        "hydra.sweep.dir=sweep",
+    ]
     code, out, err = run_main(main, [*args, "model.name_or_path=./no-such-model,null"], monkeypatch, capsys)
     assert code == 1, out + err
     assert (tmp_path / "out" / "model.safetensors").exists()  # job 1 trained
@@ -247,9 +281,18 @@ def bad_inputs(tmp_path_factory, pairs_dir):
 
     root = tmp_path_factory.mktemp("bad")
     full = datasets.load_from_disk(str(pairs_dir))
-    datasets.DatasetDict({k: v.remove_columns("preference") for k, v in full.items()}).save_to_disk(str(root / "nocol"))
+    datasets.DatasetDict({k: v.remove_columns("preference") for k, v in full.items()}).save_to_disk(
+        str(root / "nocol")
+    )
     datasets.DatasetDict({k: v.select([]) for k, v in full.items()}).save_to_disk(str(root / "empty"))
-    rows = [{"instruction": "List 2 animals.", "input": "", "answers": ["cat, dog", "dog"], "gold_scores": [1.0, 0.0]}]
+    rows = [
+        {
+            "instruction": "List 2 animals.",
+            "input": "",
+            "answers": ["cat, dog", "dog"],
+            "gold_scores": [1.0, 0.0],
+        }
+    ]
     (root / "gens.json").write_text(json.dumps(rows))
     tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -262,15 +305,30 @@ BAD_INPUTS = [
     # (id, stage, args, words the one-line message must contain)
     ("unknown group option", "sft", ["model=nope"], ["unknown model 'nope'", "toy-tiny"]),
     ("key the stage lacks", "bon", ["trainer.max_steps=3"], ["trainer.max_steps", "+trainer.max_steps=3"]),
-    ("model path missing", "sft", ["model.name_or_path=./no/such/model"], ["./no/such/model", "does not exist"]),
+    (
+        "model path missing",
+        "sft",
+        ["model.name_or_path=./no/such/model"],
+        ["./no/such/model", "does not exist"],
+    ),
     ("hub name offline", "sft", ["model.name_or_path=EleutherAI/pythia-70m"], ["EleutherAI/pythia-70m"]),
     ("several seeds, no {seed}", "bon", ['proxy_rm_path="rm-one"', "seeds=[1,2]"], ["rm-one", "{seed}"]),
     ("missing column", "rm", ["data.path={bad}/nocol"], ["preference"]),
     ("empty data set", "rm", ["data.path={bad}/empty"], ["{bad}/empty", "expected"]),
-    ("n above the answers", "bon", ['proxy_rm_path="{bad}/rm{seed}"', "seeds=[1]", "gold_gens={bad}/gens.json", "big_n=8"], ["big_n", "8", "2"]),
+    (
+        "n above the answers",
+        "bon",
+        ['proxy_rm_path="{bad}/rm{seed}"', "seeds=[1]", "gold_gens={bad}/gens.json", "big_n=8"],
+        ["big_n", "8", "2"],
+    ),
     ("negative weight", "ppo", ["objective=uwo", "objective.weight=-1"], ["-1", "weight"]),
     ("nan weight", "ppo", ["objective=uwo", "objective.weight=nan"], ["nan", "weight"]),
-    ("tokenizer lacks special tokens", "ppo", ['proxy_rm_path="{bad}/plain-rm{seed}"'], ["special tokens", "plain-rm1"]),
+    (
+        "tokenizer lacks special tokens",
+        "ppo",
+        ['proxy_rm_path="{bad}/plain-rm{seed}"'],
+        ["special tokens", "plain-rm1"],
+    ),
 ]
 
 
@@ -280,7 +338,9 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(
 ):
     import importlib
 
-    main = {"sft": "rmopt.sft:main", "rm": "rmopt.rm:main", "bon": "rmopt.bon:main", "ppo": "rmopt.ppo:main"}[stage]
+    main = {"sft": "rmopt.sft:main", "rm": "rmopt.rm:main", "bon": "rmopt.bon:main", "ppo": "rmopt.ppo:main"}[
+        stage
+    ]
     module, attr = main.split(":")
     monkeypatch.chdir(tmp_path)
     args = [a.replace("{bad}", str(bad_inputs)) for a in args]
@@ -288,7 +348,9 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(
     extra = ["experiment=toy", "output_dir=result", *(QUIET if stage in ("sft", "rm", "ppo") else [])]
     if stage == "ppo":
         extra += [f"model.name_or_path={toy_lm_dir}", f'proxy_rm_path="{bad_inputs}/rm{{seed}}"']
-    code, out, err = run_main(getattr(importlib.import_module(module), attr), [*extra, *args], monkeypatch, capsys)
+    code, out, err = run_main(
+        getattr(importlib.import_module(module), attr), [*extra, *args], monkeypatch, capsys
+    )
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1, out + err
     assert len(lines) == 1 and lines[0].startswith("error: "), err

@@ -17,8 +17,15 @@ from torch.utils.data import Sampler
 
 
 class ResumableSampler(Sampler[int]):
-    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool, consumed: Callable[[], int] = lambda: 0):
-        self.n, self.batch_size, self.seed, self.drop_last = int(n), int(batch_size), int(seed), bool(drop_last)
+    def __init__(
+        self, n: int, batch_size: int, seed: int, drop_last: bool, consumed: Callable[[], int] = lambda: 0
+    ):
+        self.n, self.batch_size, self.seed, self.drop_last = (
+            int(n),
+            int(batch_size),
+            int(seed),
+            bool(drop_last),
+        )
         self.consumed = consumed
 
     @property
@@ -48,11 +55,20 @@ def train_loader(module, rows, batch_size: int, seed: int, collate_fn):
     trainer = getattr(module, "trainer", None)
     if trainer is not None and trainer.world_size > 1:
         generator = torch.Generator().manual_seed(int(seed))
-        return DataLoader(rows, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate_fn, drop_last=drop_last)
+        return DataLoader(
+            rows,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=collate_fn,
+            drop_last=drop_last,
+        )
 
     def consumed() -> int:
         t = getattr(module, "trainer", None)
         return 0 if t is None else int(t.global_step) * int(t.accumulate_grad_batches)
 
     sampler = ResumableSampler(len(rows), batch_size, seed, drop_last, consumed)
-    return DataLoader(rows, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=drop_last)
+    return DataLoader(
+        rows, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=drop_last
+    )
