@@ -111,13 +111,19 @@ class RewardEnsemble:
     def score(self, instructions, inputs, answers, batch_size: int = 256, progress=None) -> torch.Tensor:
         """[k, B] scores of each answer to its prompt, in batches of ``batch_size``."""
         ids = tokenize_pairs(self.tokenizer, instructions, inputs, answers, self.max_length)
+        # batches of similar lengths pad less: score in length order, then put the scores back in place
+        order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
         chunks = []
         for start in range(0, len(ids), batch_size):
-            chunk = ids[start : start + batch_size]
+            chunk = [ids[j] for j in order[start : start + batch_size]]
             chunks.append(self.score_ids(chunk).cpu())
             if progress is not None:
                 progress.update(len(chunk))
-        return torch.cat(chunks, dim=1) if chunks else torch.zeros(self.k, 0)
+        if not chunks:
+            return torch.zeros(self.k, 0)
+        scores = torch.empty(self.k, len(ids), dtype=chunks[0].dtype)
+        scores[:, torch.tensor(order)] = torch.cat(chunks, dim=1)
+        return scores
 
 
 def _as_list(v):
