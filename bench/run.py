@@ -47,7 +47,7 @@ class Sizes:
     bon_ref_prompts: tuple = (1, 5)  # the reference is timed on these prompt counts and extrapolated linearly
     memory_seeds: int = 2
     score_answers: int = 512
-    score_batch: int = 256
+    score_batch: int = 128
     members: int = 5
     train_batch: int = 32
     max_length: int = 64
