@@ -1,11 +1,21 @@
-"""The toy world's pipeline: `make demo` (full) and `make demo-quick`.
+"""The overoptimization lab on the toy world: `make demo` (about 20 minutes) and `make demo-quick`.
 
-Stages run as the console scripts a user would type, so the demo is also a walk-through of the CLI.
+Runs every stage as the console script a user would type, so the demo doubles as a walk-through of
+the CLI, then writes `<out>/summary.json` and `<out>/report.md` with the figures:
+
+1. SFT policy (also the reward models' base)       rmopt-sft
+2. gold-labelled preference pairs                   rmopt-pairs
+3. a 5-seed reward-model ensemble, one sweep        rmopt-rm -m seed=1,2,3,4,5 hydra/launcher=joblib
+4. best-of-n for every member, mean, WCO and UWO    rmopt-bon
+5. PPO with single RMs and with mean/WCO/UWO        rmopt-ppo -m ...
+6. gold evaluation of the PPO runs                  rmopt-ppo-gold
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import time
@@ -13,24 +23,97 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+SETTINGS = {
+    # quick: a tiny world to see every stage work (a few minutes)
+    "quick": dict(
+        model="toy-tiny", sft_steps=400, pairs=1500, rm_steps=150, bon_prompts=40, big_n=128,
+        ppo_steps=30, ppo_eval_every=10, ppo_singles=[1], rollout=32,
+    ),
+    # full: the demo the report describes
+    "full": dict(
+        model="toy-small", sft_steps=1500, pairs=4000, rm_steps=400, bon_prompts=100, big_n=512,
+        ppo_steps=150, ppo_eval_every=25, ppo_singles=[1, 2, 3, 4, 5], rollout=64,
+    ),
+}
 
 
-def run(*args: str) -> None:
-    print(f"\n$ {' '.join(args)}", flush=True)
+def run(*args: str, log=None) -> None:
+    """Run one console script, echoing the command as a user would type it."""
+    shown = " ".join(a if " " not in a and "{" not in a else repr(a) for a in args)
+    print(f"\n$ {shown}", flush=True)
     start = time.time()
-    subprocess.run([str(BIN / args[0]), *args[1:]], check=True, cwd=ROOT)
-    print(f"  ({time.time() - start:.0f} s)", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RMOPT_JOBS": os.environ.get("RMOPT_JOBS", "2")}
+    subprocess.run([str(BIN / args[0]), *args[1:]], check=True, cwd=ROOT, env=env, stdout=log, stderr=log)
+    print(f"  done in {time.time() - start:.0f} s", flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller models and fewer steps (about 3 minutes)")
-    parser.add_argument("--out", default="runs/demo", help="where the demo's models and results go")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny models, few steps (a few minutes)")
+    parser.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-quick)")
+    parser.add_argument("--label-noise", type=float, default=0.25, help="fraction of wrong preference labels (paper: 0.25)")
+    parser.add_argument("--no-bootstrap", action="store_true", help="members share their data (the paper's setup)")
+    parser.add_argument("--kl-coef", type=float, default=0.0, help="PPO's fixed KL coefficient (paper: 0 or 0.01)")
+    parser.add_argument("--uwo-weight", type=float, default=0.5, help="lambda of UWO (on standardised member scores)")
+    parser.add_argument("--verbose", action="store_true", help="show each stage's own output")
     args = parser.parse_args()
-    out = Path(args.out)
-    steps = 300 if args.quick else 1500
-    model = "toy-tiny" if args.quick else "toy-small"
-    run("rmopt-sft", "experiment=toy", f"model={model}", f"output_dir={out}/models/sft", f"trainer.max_steps={steps}")
+    s = SETTINGS["quick" if args.quick else "full"]
+    out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
+    if not out.is_absolute():
+        out = ROOT / out
+    out.mkdir(parents=True, exist_ok=True)
+    log = None if args.verbose else open(out / "demo.log", "a")
+    if log:
+        print(f"stage output goes to {out / 'demo.log'}")
+    sft, pairs, rm = out / "models/sft", out / "data/pairs", out / "models/rm"
+    members = [1, 2, 3, 4, 5]
+    seeds = "[" + ",".join(map(str, members)) + "]"
+    rm_pattern = f'proxy_rm_path="{rm}_seed{{seed}}"'
+    toy = ["experiment=toy", f"model={s['model']}"]
+    start = time.time()
+
+    run("rmopt-sft", *toy, f"output_dir={sft}", f"trainer.max_steps={s['sft_steps']}", f"hydra.run.dir={out}/logs/sft", log=log)
+    run(
+        "rmopt-pairs", *toy, f"model.name_or_path={sft}", f"output_dir={pairs}", f"label_noise={args.label_noise}",
+        "train_split=preference", f"data.sizes.preference={s['pairs']}", "max_new_tokens=24",
+        f"hydra.run.dir={out}/logs/pairs", log=log,
+    )
+    run(
+        "rmopt-rm", "-m", *toy, f"model.name_or_path={sft}", f"data.path={pairs}", f"output_dir={rm}",
+        "seed=" + ",".join(map(str, members)), f"ensemble.bootstrap={str(not args.no_bootstrap).lower()}",
+        f"trainer.max_steps={s['rm_steps']}", "trainer.val_check_interval=50", "hydra/launcher=joblib",
+        f"hydra.sweep.dir={out}/logs/rm", log=log,
+    )
+    run(
+        "rmopt-bon", *toy, f"model.name_or_path={sft}", rm_pattern, f"seeds={seeds}", "ensembles=true",
+        f"big_n={s['big_n']}", f"num_prompts={s['bon_prompts']}", "normalise=true",
+        f"uwo_weights=[{args.uwo_weight}]", f"output_dir={out}/bon", f"hydra.run.dir={out}/logs/bon", log=log,
+    )
+    ppo = [
+        *toy, f"model.name_or_path={sft}", rm_pattern, f"kl_coef={args.kl_coef}", "normalise=true",
+        f"trainer.max_steps={s['ppo_steps']}", f"eval_every={s['ppo_eval_every']}", f"rollout_batch_size={s['rollout']}",
+        "eval_prompts=128", "logger=csv", "hydra/launcher=joblib",
+    ]
+    singles = ",".join(f"[{m}]" for m in s["ppo_singles"])
+    run(
+        "rmopt-ppo", "-m", *ppo, f"seeds={singles}", "objective=single",
+        f"output_dir={out}/ppo/seed${{seeds.0}}", f"hydra.sweep.dir={out}/logs/ppo-single", log=log,
+    )
+    run(
+        "rmopt-ppo", "-m", *ppo, f"seeds={seeds}", "objective=mean,wco,uwo", f"++objective.weight={args.uwo_weight}",
+        f"output_dir={out}/ppo/${{objective.name}}", f"hydra.sweep.dir={out}/logs/ppo-ensemble", log=log,
+    )
+    run("rmopt-ppo-gold", f"run_dir={out}/ppo/*", f"output_dir={out}/ppo", f"hydra.run.dir={out}/logs/ppo-gold", log=log)
+
+    from experiments.report import write_report
+
+    settings = {**s, "label_noise": args.label_noise, "bootstrap": not args.no_bootstrap, "kl_coef": args.kl_coef,
+                "uwo_weight": args.uwo_weight, "members": members, "minutes": round((time.time() - start) / 60, 1)}
+    summary = write_report(out, settings)
+    print(f"\nsummary: {out / 'summary.json'}\nreport:  {out / 'report.md'}  ({settings['minutes']} min)")
+    print(json.dumps({k: {n: round(v['drop'], 3) for n, v in d.items()} for k, d in summary.items() if k in ("bon", "ppo")}, indent=1))
 
 
 if __name__ == "__main__":
