@@ -42,7 +42,7 @@ def headline_figure(out: Path, path: Path) -> Path:
     axes[1].set(title="PPO", xlabel="KL(policy || initial policy)  (nats)", ylabel="gold score")
     for ax in axes:
         handles, labels = ax.get_legend_handles_labels()
-        keep = {label: h for h, label in zip(handles, labels)}
+        keep = {label: h for h, label in zip(handles, labels, strict=True)}
         ax.legend(keep.values(), keep.keys(), fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle("Gold score as the proxy is optimized harder: single reward models vs ensembles")

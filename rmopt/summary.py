@@ -14,7 +14,7 @@ from pathlib import Path
 
 def curve_summary(xs, gold, proxy=None, x_name: str = "n") -> dict:
     """Summary of one gold curve; points with a NaN gold score (not yet scored) are ignored."""
-    points = [(x, g, p) for x, g, p in zip(xs, gold, proxy if proxy is not None else [None] * len(gold)) if not _nan(g)]
+    points = [(x, g, p) for x, g, p in zip(xs, gold, proxy if proxy is not None else [None] * len(gold), strict=True) if not _nan(g)]
     if not points:
         raise ValueError("the curve has no gold-scored point")
     best = max(range(len(points)), key=lambda i: (points[i][1], -i))  # first occurrence of the maximum
