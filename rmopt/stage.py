@@ -24,7 +24,9 @@ def prepare(cfg: DictConfig) -> None:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.use_deterministic_algorithms(bool(cfg.get("deterministic", True)), warn_only=True)
     # the train loaders resume mid-epoch through rmopt.data.sampler, which Lightning cannot see
-    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
+    warnings.filterwarnings(
+        "ignore", message=r".*resuming from a checkpoint that ended before the epoch ended"
+    )
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -148,7 +150,8 @@ class RngState(_callback_base()):
         self._to_restore = None
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._to_restore = state_dict.get("rng")  # applied when training starts, after the rest of the restore
+        # applied when training starts, after the rest of the restore
+        self._to_restore = state_dict.get("rng")
 
     def on_train_start(self, trainer, pl_module) -> None:
         import random
@@ -212,10 +215,21 @@ def save_run_config(cfg: DictConfig, folder: str | os.PathLike, name: str = "rmo
 
 # Keys that say where or how a run is shown or resumed, not what it computes: a rerun that differs
 # only in these is the same run.
-VOLATILE_KEYS = ("paths", "hydra", "ckpt_path", "resume", "overwrite", "progress", "progress_every", "trainer.enable_progress_bar")
+VOLATILE_KEYS = (
+    "paths",
+    "hydra",
+    "ckpt_path",
+    "resume",
+    "overwrite",
+    "progress",
+    "progress_every",
+    "trainer.enable_progress_bar",
+)
 
 
-def already_done(cfg: DictConfig, folder: str | os.PathLike, marker: str | None = None, name: str = "rmopt_config.yaml") -> bool:
+def already_done(
+    cfg: DictConfig, folder: str | os.PathLike, marker: str | None = None, name: str = "rmopt_config.yaml"
+) -> bool:
     """True (and says so) when ``folder`` holds a finished run of this same config, unless ``overwrite=true``.
 
     A run is finished when its saved config (``name``, written last by the stage, or ``marker`` when

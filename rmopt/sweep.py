@@ -23,7 +23,9 @@ FAILURES = "failures"
 
 # conf/hydra/launcher/joblib.yaml shares its name with the plugin's schema, which Hydra 1.3 still
 # honours (it validates the YAML against it) but warns about on every run.
-warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema", category=UserWarning)
+warnings.filterwarnings(
+    "ignore", message=r"(?s).*is validated against ConfigStore schema", category=UserWarning
+)
 
 
 def _hydra():
@@ -67,7 +69,9 @@ def run_job(fn, cfg):
         from rmopt.errors import RmoptError, one_line, user_error
 
         cause = user_error(e) or e
-        error = one_line(cause) if isinstance(cause, RmoptError) else f"{type(cause).__name__}: {one_line(cause)}"
+        error = (
+            one_line(cause) if isinstance(cause, RmoptError) else f"{type(cause).__name__}: {one_line(cause)}"
+        )
         print(f"error: job {num} ({' '.join(hc.overrides.task)}) failed: {error}", file=sys.stderr)
         atomic_write_json(
             Path(hc.sweep.dir) / FAILURES / f"job{num}.json",
@@ -101,7 +105,10 @@ class SweepSummary(Callback):
         if not failures:
             print(f"sweep finished: every job succeeded (logs in {sweep_dir})")
             return
-        print(f"sweep finished: {len(failures)} job(s) failed (details in {sweep_dir / FAILURES}):", file=sys.stderr)
+        print(
+            f"sweep finished: {len(failures)} job(s) failed (details in {sweep_dir / FAILURES}):",
+            file=sys.stderr,
+        )
         for f in failures:
             print(f"  job {f['job']} [{' '.join(f['overrides'])}]: {f['error']}", file=sys.stderr)
         sys.exit(1)
