@@ -1,0 +1,212 @@
+"""Shared helpers of the studies: the demo's stored best-of-n scores, curves, tables, figures, CLI calls.
+
+Every study reads a finished demo folder (``python experiments/demo.py [--quick]``) and writes its
+numbers (JSON) and figure (PNG) to ``--out`` (default ``<demo>/studies/<study>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from rmopt.errors import RmoptError  # noqa: E402
+
+OBJECTIVES = ("mean", "wco", "uwo")
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def parse_args(doc: str, study: str, extra=None) -> argparse.Namespace:
+    """``--demo`` (a finished demo folder) and ``--out`` (default ``<demo>/studies/<study>``), plus extras."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", default="runs/demo", help="the demo output folder to reuse (default runs/demo)")
+    parser.add_argument("--out", default=None, help=f"output folder (default <demo>/studies/{study})")
+    if extra:
+        extra(parser)
+    args = parser.parse_args()
+    args.demo = resolve(args.demo)
+    if not args.demo.is_dir():
+        parser.error(f"--demo {str(args.demo)!r} is not a folder; run experiments/demo.py first (or pass --demo)")
+    args.out = resolve(args.out) if args.out else args.demo / "studies" / study
+    return args
+
+
+def resolve(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else (Path.cwd() / path).resolve()
+
+
+def demo_settings(demo: Path) -> dict:
+    """The settings the demo ran with (its summary.json)."""
+    path = Path(demo) / "summary.json"
+    if not path.exists():
+        raise RmoptError(f"{str(path)!r} is missing; expected a finished demo folder (experiments/demo.py writes it)")
+    return json.loads(path.read_text())["settings"]
+
+
+def run_cli(*args: str, log=None) -> None:
+    """Run one console script as the demo does (echoed, timed, output to ``log``)."""
+    from experiments.demo import run
+
+    run(*args, log=log)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stored best-of-n scores
+
+
+@dataclass
+class BonStore:
+    """Proxy scores [k, P, N] of every member (normalised if asked), their names and folders, gold [P, N], ns."""
+
+    scores: np.ndarray
+    names: list[str]
+    paths: list[str]
+    gold: np.ndarray
+    ns: list[int]
+
+
+def load_bon_store(bon_dir: str | Path, normalise: bool = True) -> BonStore:
+    """Read a ``rmopt-bon`` output folder's stored proxy scores and gold scores (no model is loaded).
+
+    ``normalise`` standardises each member with its folder's reward_stats.json, as ``rmopt-bon
+    normalise=true`` does (the demo's setting); ns are those of the run (bon_run.json).
+    """
+    import pyarrow.parquet as pq
+
+    from rmopt.bon_pipeline import (
+        GENS_DIR,
+        RUN_FILE,
+        SCORES_FILE,
+        SCORES_META,
+        _normalise,
+        load_gold_gens,
+        resolve_ns,
+    )
+
+    bon_dir = Path(bon_dir)
+    meta_file, scores_file = bon_dir / SCORES_META, bon_dir / SCORES_FILE
+    if not (meta_file.exists() and scores_file.exists()):
+        raise RmoptError(f"{str(bon_dir)!r} has no {SCORES_FILE} + {SCORES_META}; expected an rmopt-bon output folder")
+    meta = json.loads(meta_file.read_text())
+    P, N = int(meta["P"]), int(meta["N"])
+    table = pq.read_table(scores_file)
+    names, paths, arrays = [], [], []
+    for name, columns in meta["columns"].items():
+        for column in columns:
+            names.append(column)
+            paths.append(meta["members"][name]["path"])
+            arrays.append(table.column(column).to_numpy().reshape(P, N))
+    scores = np.stack(arrays).astype(np.float32)
+    if normalise:
+        scores = _normalise(scores, [p for p in dict.fromkeys(paths)])
+    gold = load_gold_gens(str(bon_dir / GENS_DIR), N, P).gold
+    run_file = bon_dir / RUN_FILE
+    ns = json.loads(run_file.read_text())["key"]["ns"] if run_file.exists() else resolve_ns(None, N)
+    return BonStore(scores=scores, names=names, paths=paths, gold=gold, ns=[int(n) for n in ns])
+
+
+def objective_curve(scores: np.ndarray, gold: np.ndarray, ns: Sequence[int], objective: str, weight: float | None = None) -> dict:
+    """Best-of-n curve {"n", "kl_bon", "proxy_score", "gold_score"} of an objective over members [k, P, N]."""
+    from rmopt.bon import kl_bon, unbiased_best_of_n
+    from rmopt.objectives import combine
+
+    proxy = combine(objective, np.asarray(scores), weight) if objective != "single" else np.asarray(scores)
+    result = unbiased_best_of_n(proxy, gold, ns)
+    return {
+        "n": [int(n) for n in result["n"]],
+        "kl_bon": [float(v) for v in np.atleast_1d(kl_bon(result["n"]))],
+        "proxy_score": [float(v) for v in result["proxy_score"]],
+        "gold_score": [float(v) for v in result["gold_score"]],
+    }
+
+
+def mean_curve(curves: Sequence[Mapping[str, Sequence]]) -> dict:
+    """Pointwise average of curves with the same x values (e.g. the single members averaged)."""
+    keys = [k for k in ("n", "kl_bon", "kl", "step") if k in curves[0]]
+    out = {k: list(curves[0][k]) for k in keys}
+    for score in ("proxy_score", "gold_score"):
+        out[score] = [float(v) for v in np.mean([c[score] for c in curves], axis=0)]
+    return out
+
+
+def gold_stats(curve: Mapping[str, Sequence], x_key: str = "n") -> dict:
+    """Gold at the start, the peak (and where), the end, and the drop from peak to end."""
+    from rmopt.summary import curve_summary
+
+    return curve_summary(curve[x_key], curve["gold_score"], curve["proxy_score"], x_name=x_key)
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def write_json(path: Path, obj) -> Path:
+    from rmopt.utils import atomic_write_json
+
+    atomic_write_json(path, obj)
+    return path
+
+
+def print_table(rows: Sequence[Mapping], columns: Sequence[str], title: str = "") -> None:
+    """A plain text table: floats with 4 decimals."""
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[j]) for row in cells)) for j, c in enumerate(columns)]
+    if title:
+        print(title)
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: int | None = None) -> Path:
+    """One PNG of several panels. A panel: {"title", "xlabel", "ylabel", "log_x", "lines": [{"x", "y", "label",
+    and optional "style" (matplotlib kwargs)}]}. Written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rmopt.report import atomic_write_bytes
+
+    ncols = ncols or min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False)
+    for ax, panel in zip(axes.ravel(), panels, strict=False):
+        for line in panel["lines"]:
+            ax.plot(line["x"], line["y"], label=line.get("label"), **{"marker": ".", **line.get("style", {})})
+        if panel.get("log_x"):
+            ax.set_xscale("log")
+        ax.set_title(panel.get("title", ""), fontsize="medium")
+        ax.set_xlabel(panel.get("xlabel", ""))
+        ax.set_ylabel(panel.get("ylabel", ""))
+        ax.grid(alpha=0.3)
+        if any(line.get("label") for line in panel["lines"]):
+            ax.legend(fontsize="x-small", loc="best")
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
