@@ -175,7 +175,8 @@ def print_table(rows: Sequence[Mapping], columns: Sequence[str], title: str = ""
 
 
 def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: int | None = None) -> Path:
-    """One PNG of several panels. A panel: {"title", "xlabel", "ylabel", "log_x", "lines": [{"x", "y", "label",
+    """One PNG of several panels. A panel: {"title", "xlabel", "ylabel", "log_x" (bool) or "symlog_x"
+    (its linear threshold), "lines": [{"x", "y", "label",
     and optional "style" (matplotlib kwargs)}]}. Written atomically."""
     import io
 
@@ -194,6 +195,8 @@ def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: i
             ax.plot(line["x"], line["y"], label=line.get("label"), **{"marker": ".", **line.get("style", {})})
         if panel.get("log_x"):
             ax.set_xscale("log")
+        elif panel.get("symlog_x"):
+            ax.set_xscale("symlog", linthresh=panel["symlog_x"])
         ax.set_title(panel.get("title", ""), fontsize="medium")
         ax.set_xlabel(panel.get("xlabel", ""))
         ax.set_ylabel(panel.get("ylabel", ""))

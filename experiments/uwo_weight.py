@@ -59,7 +59,7 @@ def figure(curves: dict, path: Path, title: str) -> Path:
          "lines": [{"x": curves[w]["n"], "y": curves[w]["gold_score"], "label": f"lambda={w:g}"} for w in weights]
          + [{"x": curves["wco"]["n"], "y": curves["wco"]["gold_score"], "label": "wco", "style": {"linestyle": ":", "color": "k"}},
             {"x": curves["single"]["n"], "y": curves["single"]["gold_score"], "label": "single (avg)", "style": ref_style}]},
-        {"title": "gold vs lambda (symlog x)", "xlabel": "lambda", "ylabel": "gold score",
+        {"title": "gold vs lambda (symlog x)", "xlabel": "lambda", "ylabel": "gold score", "symlog_x": 0.1,
          "lines": [{"x": [r["weight"] for r in rows], "y": [r["gold_final"] for r in rows], "label": f"at n={rows[0]['n_final']}"},
                    {"x": [r["weight"] for r in rows], "y": [r["gold_max"] for r in rows], "label": "peak"},
                    {"x": [rows[0]["weight"], rows[-1]["weight"]], "y": [refs["wco"]["gold_final"]] * 2, "label": "wco at largest n",
