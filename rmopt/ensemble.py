@@ -45,7 +45,7 @@ def member_paths(path_pattern: str, seeds) -> list[str]:
 
 def tokenize_pairs(tokenizer, instructions, inputs, answers, max_length: int) -> list[list[int]]:
     """Prompt + answer + EOS in the prompt format, cut to ``max_length`` keeping the closing EOS."""
-    texts = [format_prompt(i, x) + format_answer(a) for i, x, a in zip(instructions, inputs, answers)]
+    texts = [format_prompt(i, x) + format_answer(a) for i, x, a in zip(instructions, inputs, answers, strict=True)]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     return [s if len(s) <= max_length else s[: max_length - 1] + [eos] for s in ids]

@@ -21,7 +21,7 @@ class Samples:
 
 
 def encode_prompts(tokenizer, instructions, inputs) -> list[list[int]]:
-    prompts = [format_prompt(i, x) for i, x in zip(instructions, inputs)]
+    prompts = [format_prompt(i, x) for i, x in zip(instructions, inputs, strict=True)]
     return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
@@ -91,7 +91,7 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -
 def decode_answers(tokenizer, answer_ids: list[list[int]]) -> tuple[list[str], list[bool]]:
     eos = tokenizer.eos_token_id
     finished = [bool(a) and a[-1] == eos for a in answer_ids]
-    texts = tokenizer.batch_decode([a[:-1] if f else a for a, f in zip(answer_ids, finished)], skip_special_tokens=True)
+    texts = tokenizer.batch_decode([a[:-1] if f else a for a, f in zip(answer_ids, finished, strict=True)], skip_special_tokens=True)
     return texts, finished
 
 

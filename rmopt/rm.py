@@ -62,8 +62,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train one reward model (k heads with ``ensemble=multihead``) and save it at ``member_dir(cfg)``."""
     from rmopt.data.preference import PreferenceDataModule
     from rmopt.ensemble import STATS_FILE
-    from rmopt.modules.rm import RewardModule, init_score_head
     from rmopt.models import model_for_saving
+    from rmopt.modules.rm import RewardModule, init_score_head
     from rmopt.utils import save_hf_folder
 
     if already_done(cfg, member_dir(cfg)):

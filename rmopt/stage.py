@@ -270,7 +270,7 @@ def loss_curve_text(history: list[dict[str, float]], key: str = "val_loss", widt
     values = [h[key] for h in history]
     lo, hi = min(values), max(values)
     lines = []
-    for h, v in zip(history, values):
+    for h, v in zip(history, values, strict=True):
         bar = "#" * (1 + int((width - 1) * (v - lo) / (hi - lo))) if hi > lo else "#"
         lines.append(f"  step {int(h['step']):>6}  {key} {v:8.4f}  {bar}")
     return "\n".join(lines)

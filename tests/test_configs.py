@@ -6,9 +6,9 @@ from pathlib import Path
 
 import hydra
 import pytest
+from conftest import compose
 from omegaconf import OmegaConf
 
-from conftest import compose
 from rmopt.errors import RmoptError, check_overrides, group_options
 from rmopt.stage import CONFIG_PATH
 

@@ -5,9 +5,9 @@ import shlex
 from pathlib import Path
 
 import pytest
+from conftest import compose
 from omegaconf import OmegaConf
 
-from conftest import compose
 from rmopt.errors import check_overrides
 
 README = Path(__file__).resolve().parent.parent / "README.md"

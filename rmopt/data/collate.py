@@ -14,12 +14,12 @@ def tokenize_sft(tokenizer, instructions, inputs, outputs, max_length: int) -> l
     The prompt ends with the special ``<|assistant|>`` token, so tokenizing the whole text splits at the
     same place as tokenizing the prompt alone; the prompt's length is where the answer starts.
     """
-    prompts = [format_prompt(i, x) for i, x in zip(instructions, inputs)]
-    full = [p + format_answer(o) for p, o in zip(prompts, outputs)]
+    prompts = [format_prompt(i, x) for i, x in zip(instructions, inputs, strict=True)]
+    full = [p + format_answer(o) for p, o in zip(prompts, outputs, strict=True)]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
     rows = []
-    for p, ids in zip(prompt_ids, full_ids):
+    for p, ids in zip(prompt_ids, full_ids, strict=True):
         ids = ids[:max_length]
         labels = [IGNORE_INDEX] * min(len(p), len(ids)) + ids[len(p) :]
         rows.append({"input_ids": ids, "labels": labels})

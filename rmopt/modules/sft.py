@@ -54,7 +54,7 @@ class SFTModule(L.LightningModule):
         self.model.train(was_training)
         log_samples(
             self,
-            [{"instruction": i, "input": x, "answer": a} for i, x, a in zip(rows["instruction"], rows["input"], samples.texts)],
+            [{"instruction": i, "input": x, "answer": a} for i, x, a in zip(rows["instruction"], rows["input"], samples.texts, strict=True)],
         )
 
     def on_save_checkpoint(self, checkpoint):

@@ -101,7 +101,7 @@ def gold_score(instruction: str, input: str, answer: str) -> float:
         extra = max(0, len(items) - k - duplicates - wrong)
     elif task.kind == "sort":
         duplicates = len(items) - len(set(items))
-        correct = sum(a == b for a, b in zip(items, task.target)) / k
+        correct = sum(a == b for a, b in zip(items, task.target, strict=False)) / k
         extra = max(0, len(items) - k - duplicates - wrong)
     else:  # repeat: k copies of one word; copies beyond k are extra, not duplicates
         duplicates = 0
@@ -125,7 +125,7 @@ class ToyGoldReward:
                 f"instructions, inputs and answers differ in length: "
                 f"{len(instructions)}, {len(inputs)}, {len(answers)}"
             )
-        return np.array([gold_score(i, x, a) for i, x, a in zip(instructions, inputs, answers)], np.float32)
+        return np.array([gold_score(i, x, a) for i, x, a in zip(instructions, inputs, answers, strict=True)], np.float32)
 
 
 def _degrade(task: Task, items: list[str], rng: np.random.Generator) -> list[str]:
