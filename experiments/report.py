@@ -49,7 +49,7 @@ def headline_figure(out: Path, path: Path) -> Path:
     fig.tight_layout()
     import io
 
-    from rmopt.report import atomic_write_bytes
+    from rmopt.utils import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
