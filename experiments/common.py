@@ -78,11 +78,13 @@ class BonStore:
     ns: list[int]
 
 
-def load_bon_store(bon_dir: str | Path, normalise: bool = True) -> BonStore:
+def load_bon_store(bon_dir: str | Path, normalise: bool = True, gold_gens: str | None = None) -> BonStore:
     """Read a ``rmopt-bon`` output folder's stored proxy scores and gold scores (no model is loaded).
 
     ``normalise`` standardises each member with its folder's reward_stats.json, as ``rmopt-bon
-    normalise=true`` does (the demo's setting); ns are those of the run (bon_run.json).
+    normalise=true`` does (the demo's setting); ns are those of the run (bon_run.json). The answers'
+    gold scores come from ``gold_gens``, else the folder's own ``gold_gens/``, else the ``gold_gens``
+    the run was given (its rmopt_config.yaml).
     """
     import pyarrow.parquet as pq
 
@@ -112,10 +114,23 @@ def load_bon_store(bon_dir: str | Path, normalise: bool = True) -> BonStore:
     scores = np.stack(arrays).astype(np.float32)
     if normalise:
         scores = _normalise(scores, [p for p in dict.fromkeys(paths)])
-    gold = load_gold_gens(str(bon_dir / GENS_DIR), N, P).gold
+    gold = load_gold_gens(gold_gens or _gold_gens_of(bon_dir, GENS_DIR), N, P).gold
     run_file = bon_dir / RUN_FILE
     ns = json.loads(run_file.read_text())["key"]["ns"] if run_file.exists() else resolve_ns(None, N)
     return BonStore(scores=scores, names=names, paths=paths, gold=gold, ns=[int(n) for n in ns])
+
+
+def _gold_gens_of(bon_dir: Path, gens_dir: str) -> str:
+    if (bon_dir / gens_dir).is_dir():
+        return str(bon_dir / gens_dir)
+    config = bon_dir / "rmopt_config.yaml"
+    if config.exists():
+        from omegaconf import OmegaConf
+
+        given = OmegaConf.load(config).get("gold_gens")
+        if given:
+            return str(given)
+    raise RmoptError(f"{str(bon_dir)!r} has no {gens_dir}/ and its rmopt_config.yaml names no gold_gens; pass gold_gens")
 
 
 def objective_curve(scores: np.ndarray, gold: np.ndarray, ns: Sequence[int], objective: str, weight: float | None = None) -> dict:
@@ -185,7 +200,7 @@ def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rmopt.report import atomic_write_bytes
+    from rmopt.utils import atomic_write_bytes
 
     ncols = ncols or min(3, len(panels))
     nrows = -(-len(panels) // ncols)

@@ -1,0 +1,141 @@
+"""The cheap studies (experiments/) on synthetic scores: hand-computed best-of-n picks, a fake store, fits."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.common import load_bon_store, mean_curve, objective_curve  # noqa: E402
+from experiments.ensemble_size import ensemble_size_curves, summarise  # noqa: E402
+from experiments.label_noise import compare_curves  # noqa: E402
+from experiments.scaling_laws import fit_all  # noqa: E402
+from experiments.uwo_weight import uwo_weight_curves  # noqa: E402
+from rmopt.bon import kl_bon  # noqa: E402
+from rmopt.scaling import bon_form, kl_to_d, rl_form  # noqa: E402
+
+# One prompt, two answers with gold 0 and 1. Member a prefers answer 0 strongly, member b answer 1 mildly:
+#   mean [0.5, 0.4] -> answer 0;  min [-1, 0.3] -> answer 1;
+#   uwo(lambda) = mean - lambda * var, var = [2.25, 0.01] -> answer 1 for lambda >= 0.05, answer 0 at lambda 0.
+GOLD = np.array([[0.0, 1.0]])
+MEMBERS = np.array([[[2.0, 0.3]], [[-1.0, 0.5]]])  # [k=2, P=1, N=2]
+NS = [1, 2]
+
+
+def gold_at(curve, n):
+    return curve["gold_score"][curve["n"].index(n)]
+
+
+def test_objective_curves_by_hand():
+    assert gold_at(objective_curve(MEMBERS, GOLD, NS, "mean"), 2) == 0.0
+    assert gold_at(objective_curve(MEMBERS, GOLD, NS, "wco"), 2) == 1.0
+    assert gold_at(objective_curve(MEMBERS, GOLD, NS, "uwo", 0.5), 2) == 1.0
+    for name in ("mean", "wco"):
+        assert gold_at(objective_curve(MEMBERS, GOLD, NS, name), 1) == 0.5  # n = 1: a random answer
+
+
+def test_ensemble_size_by_hand():
+    curves = ensemble_size_curves(MEMBERS, GOLD, NS, uwo_weight=0.5)
+    assert {o: gold_at(c[1], 2) for o, c in curves.items()} == {"mean": 0.0, "wco": 0.0, "uwo": 0.0}  # member a alone
+    assert {o: gold_at(c[2], 2) for o, c in curves.items()} == {"mean": 0.0, "wco": 1.0, "uwo": 1.0}
+    rows = summarise(curves)
+    assert len(rows) == 6 and {r["k"] for r in rows} == {1, 2}
+
+
+def test_ensemble_of_identical_members_is_the_single_member():
+    rng = np.random.default_rng(0)
+    member = rng.normal(size=(6, 32)).astype(np.float32)
+    gold = rng.normal(size=(6, 32)).astype(np.float32)
+    ns = [1, 2, 4, 8, 32]
+    single = objective_curve(member, gold, ns, "single")
+    curves = ensemble_size_curves(np.stack([member] * 4), gold, ns, uwo_weight=2.0)
+    for by_k in curves.values():
+        for curve in by_k.values():
+            np.testing.assert_allclose(curve["gold_score"], single["gold_score"], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(curve["proxy_score"], single["proxy_score"], rtol=0, atol=1e-6)
+
+
+def test_uwo_weight_sweep_by_hand():
+    curves = uwo_weight_curves(MEMBERS, GOLD, NS, weights=[0.0, 0.01, 1.0])
+    assert gold_at(curves[0.0], 2) == 0.0  # lambda 0 is the mean
+    assert gold_at(curves[0.01], 2) == 0.0  # 0.5 - 0.0225 > 0.4 - 0.0001: still answer 0
+    assert gold_at(curves[1.0], 2) == 1.0
+    assert gold_at(curves["wco"], 2) == 1.0
+    assert gold_at(curves["single"], 2) == 0.5  # a picks gold 0, b picks gold 1
+    assert curves[0.0] == objective_curve(MEMBERS, GOLD, NS, "mean")
+
+
+def test_label_noise_compare_curves_by_hand():
+    c = compare_curves(MEMBERS, GOLD, NS, uwo_weight=0.5)
+    assert {k: gold_at(v, 2) for k, v in c.items()} == {"single": 0.5, "mean": 0.0, "wco": 1.0, "uwo": 1.0}
+    assert c["single"]["kl_bon"] == pytest.approx([0.0, np.log(2) - 0.5])
+
+
+def test_mean_curve():
+    a = {"n": [1, 2], "kl_bon": [0, 1], "proxy_score": [0.0, 1.0], "gold_score": [1.0, 3.0]}
+    b = {"n": [1, 2], "kl_bon": [0, 1], "proxy_score": [2.0, 3.0], "gold_score": [0.0, 1.0]}
+    assert mean_curve([a, b]) == {"n": [1, 2], "kl_bon": [0, 1], "proxy_score": [1.0, 2.0], "gold_score": [0.5, 2.0]}
+
+
+def test_load_bon_store_reads_and_normalises(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    P, N = 3, 4
+    rng = np.random.default_rng(1)
+    raw = rng.normal(size=(2, P, N)).astype(np.float32)
+    gold = rng.normal(size=(P, N)).astype(np.float32)
+    bon = tmp_path / "bon"
+    members = {}
+    for name, mean, std in [("seed1", 0.5, 2.0), ("seed2", -1.0, 0.5)]:
+        folder = tmp_path / f"rm_{name}"
+        folder.mkdir()
+        (folder / "reward_stats.json").write_text(json.dumps({"mean": mean, "std": std}))
+        members[name] = {"path": str(folder), "files": {}}
+    index = np.arange(P * N)
+    bon.mkdir()
+    pq.write_table(pa.table({"prompt": index // N, "answer": index % N, "seed1": raw[0].ravel(), "seed2": raw[1].ravel()}),
+                   bon / "proxy_scores.parquet")
+    (bon / "proxy_scores.json").write_text(json.dumps(
+        {"data": "x", "max_length": 64, "P": P, "N": N, "members": members, "columns": {n: [n] for n in members}}))
+    datasets.Dataset.from_dict({
+        "instruction": [f"q{p}" for p in range(P)], "input": [""] * P,
+        "answers": [[f"a{p}{i}" for i in range(N)] for p in range(P)], "gold_scores": gold.tolist(),
+    }).save_to_disk(str(bon / "gold_gens"))
+
+    store = load_bon_store(bon)
+    assert store.names == ["seed1", "seed2"] and store.ns == [1, 2, 4]
+    np.testing.assert_allclose(store.gold, gold)
+    np.testing.assert_allclose(store.scores[0], (raw[0] - 0.5) / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(store.scores[1], (raw[1] + 1.0) / 0.5, rtol=1e-6)
+    np.testing.assert_allclose(load_bon_store(bon, normalise=False).scores, raw)
+
+
+def test_scaling_laws_recovers_forms_from_a_fake_demo(tmp_path):
+    ns = [1, 2, 4, 8, 16, 32, 64, 128]
+    kl = np.asarray(kl_bon(ns))
+    bon = tmp_path / "bon" / "mean"
+    bon.mkdir(parents=True)
+    gold = 0.3 + bon_form(kl_to_d(kl), 0.4, 0.2)
+    (bon / "bon_sampled_results.json").write_text(json.dumps(
+        [{"n": n, "proxy_score": 0.0, "gold_score": float(g), "kl_bon": float(k)} for n, g, k in zip(ns, gold, kl, strict=True)]))
+    ppo_kl = [0.0, 1.0, 3.0, 7.0, 12.0]
+    run = tmp_path / "ppo" / "wco"
+    run.mkdir(parents=True)
+    gains = rl_form(kl_to_d(ppo_kl), 0.1, 0.3)
+    (run / "results.json").write_text(json.dumps({"points": [
+        {"step": 10 * i, "kl": k, "proxy_score": 0.0, "gold_score": 0.2 + float(g)} for i, (k, g) in enumerate(zip(ppo_kl, gains, strict=True))]}))
+    bad = tmp_path / "ppo" / "short"
+    bad.mkdir()
+    (bad / "results.json").write_text(json.dumps({"points": [{"step": 0, "kl": 0.0, "proxy_score": 0.0, "gold_score": 0.1}]}))
+
+    fits = fit_all(tmp_path)
+    assert fits["bon"]["mean"]["alpha"] == pytest.approx(0.4) and fits["bon"]["mean"]["beta"] == pytest.approx(0.2)
+    assert fits["bon"]["mean"]["gold_start"] == pytest.approx(0.3)
+    assert fits["bon"]["mean"]["peak_kl"] == pytest.approx(1.0)  # d* = 0.4 / (2 * 0.2) = 1
+    assert fits["rl"]["wco"]["alpha"] == pytest.approx(0.1) and fits["rl"]["wco"]["beta"] == pytest.approx(0.3)
+    assert "at least 2 points" in fits["rl"]["short"]["error"]
