@@ -1,0 +1,145 @@
+"""A miniature of the demo: every stage in-process on tiny sizes, then the summary and report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import compose
+
+QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(toy_sft_dir, tmp_path_factory):
+    from rmopt.bon import run_bon
+    from rmopt.pairs import make_pairs
+    from rmopt.ppo import gold as ppo_gold
+    from rmopt.ppo import train as train_ppo
+    from rmopt.rm import train as train_rm
+
+    out = tmp_path_factory.mktemp("demo")
+    sft = str(toy_sft_dir)
+    run = lambda name: out / "logs" / name  # noqa: E731
+    toy = ["experiment=toy", f"model.name_or_path={sft}"]
+    make_pairs(
+        compose(
+            "pairs",
+            [
+                *toy,
+                f"output_dir={out}/pairs",
+                "train_size=256",
+                "val_size=64",
+                "label_noise=0.25",
+                "max_new_tokens=16",
+                "progress=false",
+            ],
+            output_dir=run("pairs"),
+        )
+    )
+    for seed in (1, 2):
+        train_rm(
+            compose(
+                "rm",
+                [
+                    *toy,
+                    f"data.path={out}/pairs",
+                    f"output_dir={out}/rm",
+                    f"seed={seed}",
+                    "trainer.max_steps=16",
+                    "trainer.val_check_interval=16",
+                    "warmup_steps=2",
+                    "ensemble.bootstrap=true",
+                    *QUIET,
+                ],
+                output_dir=run(f"rm{seed}"),
+            )
+        )
+    rms = f'proxy_rm_path="{out}/rm_seed{{seed}}"'
+    run_bon(
+        compose(
+            "bon",
+            [
+                *toy,
+                rms,
+                "seeds=[1,2]",
+                "big_n=8",
+                "num_prompts=6",
+                "normalise=true",
+                "generation_batch_size=16",
+                "max_new_tokens=16",
+                "progress=false",
+                f"output_dir={out}/bon",
+            ],
+            output_dir=run("bon"),
+        )
+    )
+    ppo = [
+        *toy,
+        rms,
+        "normalise=true",
+        "kl_coef=0",
+        "trainer.max_steps=4",
+        "eval_every=2",
+        "rollout_batch_size=8",
+        "minibatch_size=4",
+        "ppo_epochs=1",
+        "max_new_tokens=12",
+        "eval_prompts=6",
+        "sample_every=0",
+        *QUIET,
+    ]
+    train_ppo(
+        compose(
+            "ppo",
+            [*ppo, "seeds=[1]", "objective=single", f"output_dir={out}/ppo/seed1"],
+            output_dir=run("p1"),
+        )
+    )
+    for objective in ("mean", "wco", "uwo"):
+        train_ppo(
+            compose(
+                "ppo",
+                [*ppo, "seeds=[1,2]", f"objective={objective}", f"output_dir={out}/ppo/{objective}"],
+                output_dir=run(f"p-{objective}"),
+            )
+        )
+    ppo_gold(compose("ppo_gold", [f"run_dir={out}/ppo/*", f"output_dir={out}/ppo"], output_dir=run("gold")))
+    return out
+
+
+def test_miniature_demo_writes_a_summary_with_every_field(demo_dir):
+    from experiments.report import write_report
+
+    settings = dict(
+        model="toy-tiny",
+        sft_steps=150,
+        pairs=256,
+        rm_steps=16,
+        bon_prompts=6,
+        big_n=8,
+        ppo_steps=4,
+        label_noise=0.25,
+        bootstrap=True,
+        kl_coef=0.0,
+        uwo_weight=0.5,
+        members=[1, 2],
+        minutes=0.0,
+    )
+    summary = write_report(demo_dir, settings)
+    assert summary == json.loads((demo_dir / "summary.json").read_text())
+    assert set(summary["bon"]) == {"seed1", "seed2", "mean", "wco", "uwo_0.5"}
+    assert set(summary["ppo"]) == {"seed1", "mean", "wco", "uwo"}
+    fields = {"gold_start", "gold_max", "gold_final", "drop", "proxy_start", "proxy_final"}
+    for name, s in summary["bon"].items():
+        assert fields | {"n_at_max", "n_final"} <= set(s), name
+        assert s["n_final"] == 8 and s["drop"] == pytest.approx(s["gold_max"] - s["gold_final"])
+    for name, s in summary["ppo"].items():
+        assert fields | {"kl_at_max", "kl_final", "step_final"} <= set(s), name
+        assert s["step_final"] == 4 and s["gold_max"] >= max(s["gold_start"], s["gold_final"])
+    # every reward starts from the same answers at n = 1 and at step 0
+    assert len({round(s["gold_start"], 6) for s in summary["bon"].values()}) == 1
+    assert len({round(s["gold_start"], 6) for s in summary["ppo"].values()}) == 1
+    report = (demo_dir / "report.md").read_text()
+    assert "## Best-of-n" in report and "## PPO" in report and "WCO ensemble" in report
+    assert (demo_dir / "overoptimization.png").stat().st_size > 10_000
