@@ -228,3 +228,21 @@ def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: i
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
+
+
+def study_main(main) -> None:
+    """Run a study's main with one-line errors (exit 1) for bad input and failed stages; RMOPT_TRACEBACK=1 for the traceback."""
+    import os
+    import subprocess
+
+    try:
+        main()
+    except (RmoptError, subprocess.CalledProcessError) as e:
+        if os.environ.get("RMOPT_TRACEBACK"):
+            raise
+        if isinstance(e, subprocess.CalledProcessError):
+            print(f"error: stage {Path(e.cmd[0]).name} failed (exit {e.returncode}); see the study's study.log "
+                  "or rerun with --verbose", file=sys.stderr)
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -28,6 +28,7 @@ from experiments.common import (  # noqa: E402
     print_table,
     run_cli,
     save_figure,
+    study_main,
     write_json,
 )
 from rmopt.errors import RmoptError  # noqa: E402
@@ -121,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    study_main(main)

@@ -30,6 +30,7 @@ from experiments.common import (  # noqa: E402
     print_table,
     run_cli,
     save_figure,
+    study_main,
     write_json,
 )
 
@@ -131,4 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    study_main(main)

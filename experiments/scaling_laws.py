@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import parse_args, print_table, save_figure, write_json  # noqa: E402
+from experiments.common import parse_args, print_table, save_figure, study_main, write_json  # noqa: E402
 from rmopt.errors import RmoptError  # noqa: E402
 from rmopt.scaling import bon_form, bon_peak, fit_bon, fit_rl, kl_to_d, r_squared, rl_form, rl_peak  # noqa: E402
 
@@ -120,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    study_main(main)

@@ -24,6 +24,7 @@ from experiments.common import (  # noqa: E402
     parse_args,
     print_table,
     save_figure,
+    study_main,
     write_json,
 )
 
@@ -90,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    study_main(main)
