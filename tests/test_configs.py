@@ -14,7 +14,7 @@ from rmopt.stage import CONFIG_PATH
 
 CONF = Path(CONFIG_PATH)
 ENTRY_CONFIGS = sorted(p.stem for p in CONF.glob("*.yaml"))
-GROUPS = ["model", "data", "objective", "trainer", "logger", "experiment"]
+GROUPS = ["model", "data", "objective", "trainer", "logger", "experiment", "gold", "ensemble"]
 
 
 def _all_options():
@@ -32,13 +32,25 @@ def test_entry_configs_compose_with_each_experiment(entry, experiment, tmp_path)
 
 
 @pytest.mark.parametrize("group, option", list(_all_options()))
-def test_every_group_option_composes_and_instantiates(group, option, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def gold_rm_dir(tmp_path_factory, tiny_source, toy_tokenizer):
+    """A tiny one-output sequence classifier standing in for a neural gold RM."""
+    from rmopt.utils import save_hf_folder
+
+    path = tmp_path_factory.mktemp("gold-rm")
+    save_hf_folder(path, tiny_source.load_reward_model(toy_tokenizer), toy_tokenizer)
+    return path
+
+
+def test_every_group_option_composes_and_instantiates(group, option, tmp_path, monkeypatch, gold_rm_dir):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    # a neural gold RM needs a model folder: a tiny local one stands in for the hub's
+    extra = [f"+gold.name_or_path={gold_rm_dir}", "+gold.device=cpu"] if group == "gold" and option != "toy" else []
     try:
-        cfg = compose("sft", [f"{group}={option}"], output_dir=tmp_path)
+        cfg = compose("sft", [f"{group}={option}", *extra], output_dir=tmp_path)
     except hydra.errors.ConfigCompositionException:  # a group the SFT stage does not use (objective, ...)
-        cfg = compose("sft", [f"+{group}={option}"], output_dir=tmp_path)
+        cfg = compose("sft", [f"+{group}={option}", *[e.replace("+gold", "++gold") for e in extra]], output_dir=tmp_path)
     OmegaConf.resolve(cfg)
     if group == "experiment":
         return
@@ -55,8 +67,13 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path, m
         trainer = hydra.utils.instantiate(node, logger=False, enable_checkpointing=False)
         assert trainer.max_steps == node.max_steps
         return
+    if "_target_" not in node:  # a plain settings group (ensemble kind)
+        assert node.kind == option
+        return
     obj = hydra.utils.instantiate(node)
     assert type(obj).__name__ == node._target_.rsplit(".", 1)[-1]
+    if group == "gold":
+        assert len(obj.score(["List 2 colors."], [""], ["red, blue"])) == 1
 
 
 def test_wandb_logger_is_offline_by_default_and_groups_a_sweep(tmp_path, monkeypatch):
