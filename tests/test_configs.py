@@ -31,7 +31,6 @@ def test_entry_configs_compose_with_each_experiment(entry, experiment, tmp_path)
     assert cfg.seed is not None and "output_dir" in cfg
 
 
-@pytest.mark.parametrize("group, option", list(_all_options()))
 @pytest.fixture(scope="module")
 def gold_rm_dir(tmp_path_factory, tiny_source, toy_tokenizer):
     """A tiny one-output sequence classifier standing in for a neural gold RM."""
@@ -42,6 +41,7 @@ def gold_rm_dir(tmp_path_factory, tiny_source, toy_tokenizer):
     return path
 
 
+@pytest.mark.parametrize("group, option", list(_all_options()))
 def test_every_group_option_composes_and_instantiates(group, option, tmp_path, monkeypatch, gold_rm_dir):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
