@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo demo-quick test test-full bench lint clean
+.PHONY: install demo demo-quick studies test test-full bench lint clean
 
 install: $(STAMP)
 
@@ -23,6 +23,13 @@ demo: install
 
 demo-quick: install
 	$(BIN)/python experiments/demo.py --quick
+
+# the cheap studies on a finished demo (see experiments/); DEMO=runs/demo-quick after make demo-quick
+DEMO ?= runs/demo
+studies: install
+	$(BIN)/python experiments/ensemble_size.py --demo $(DEMO)
+	$(BIN)/python experiments/uwo_weight.py --demo $(DEMO)
+	$(BIN)/python experiments/scaling_laws.py --demo $(DEMO)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
