@@ -49,6 +49,36 @@ def run(*args: str, log=None) -> None:
     print(f"  done in {time.time() - start:.0f} s", flush=True)
 
 
+def reward_models(s: dict, out: Path, sft: Path, noise: float, bootstrap: bool, members, log=None) -> Path:
+    """Gold-labelled pairs at label noise ``noise`` and a reward-model sweep over ``members``: out/models/rm_seed*."""
+    toy = ["experiment=toy", f"model={s['model']}"]
+    pairs, rm = out / "data/pairs", out / "models/rm"
+    run(
+        "rmopt-pairs", *toy, f"model.name_or_path={sft}", f"output_dir={pairs}", f"label_noise={noise}",
+        "train_split=preference", f"data.sizes.preference={s['pairs']}", "max_new_tokens=24",
+        f"hydra.run.dir={out}/logs/pairs", log=log,
+    )
+    run(
+        "rmopt-rm", "-m", *toy, f"model.name_or_path={sft}", f"data.path={pairs}", f"output_dir={rm}",
+        "seed=" + ",".join(map(str, members)), f"ensemble.bootstrap={str(bootstrap).lower()}",
+        f"trainer.max_steps={s['rm_steps']}", "trainer.val_check_interval=50", "hydra/launcher=joblib",
+        f"hydra.sweep.dir={out}/logs/rm", log=log,
+    )
+    return rm
+
+
+def best_of_n(s: dict, out: Path, sft: Path, rm: Path, members, uwo_weight: float, gold_gens: Path | None = None, log=None) -> Path:
+    """Best-of-n for every member and ensemble into out/bon; answers sampled from ``sft`` unless ``gold_gens`` is given."""
+    answers = [f"gold_gens={gold_gens}"] if gold_gens else [f"model.name_or_path={sft}"]
+    run(
+        "rmopt-bon", "experiment=toy", f"model={s['model']}", *answers, f'proxy_rm_path="{rm}_seed{{seed}}"',
+        "seeds=[" + ",".join(map(str, members)) + "]", "ensembles=true", f"big_n={s['big_n']}",
+        f"num_prompts={s['bon_prompts']}", "normalise=true", f"uwo_weights=[{uwo_weight}]",
+        f"output_dir={out}/bon", f"hydra.run.dir={out}/logs/bon", log=log,
+    )
+    return out / "bon"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny models, few steps (a few minutes)")
@@ -67,7 +97,7 @@ def main() -> None:
     log = None if args.verbose else open(out / "demo.log", "a")
     if log:
         print(f"stage output goes to {out / 'demo.log'}")
-    sft, pairs, rm = out / "models/sft", out / "data/pairs", out / "models/rm"
+    sft, rm = out / "models/sft", out / "models/rm"
     members = [1, 2, 3, 4, 5]
     seeds = "[" + ",".join(map(str, members)) + "]"
     rm_pattern = f'proxy_rm_path="{rm}_seed{{seed}}"'
@@ -75,22 +105,8 @@ def main() -> None:
     start = time.time()
 
     run("rmopt-sft", *toy, f"output_dir={sft}", f"trainer.max_steps={s['sft_steps']}", f"hydra.run.dir={out}/logs/sft", log=log)
-    run(
-        "rmopt-pairs", *toy, f"model.name_or_path={sft}", f"output_dir={pairs}", f"label_noise={args.label_noise}",
-        "train_split=preference", f"data.sizes.preference={s['pairs']}", "max_new_tokens=24",
-        f"hydra.run.dir={out}/logs/pairs", log=log,
-    )
-    run(
-        "rmopt-rm", "-m", *toy, f"model.name_or_path={sft}", f"data.path={pairs}", f"output_dir={rm}",
-        "seed=" + ",".join(map(str, members)), f"ensemble.bootstrap={str(not args.no_bootstrap).lower()}",
-        f"trainer.max_steps={s['rm_steps']}", "trainer.val_check_interval=50", "hydra/launcher=joblib",
-        f"hydra.sweep.dir={out}/logs/rm", log=log,
-    )
-    run(
-        "rmopt-bon", *toy, f"model.name_or_path={sft}", rm_pattern, f"seeds={seeds}", "ensembles=true",
-        f"big_n={s['big_n']}", f"num_prompts={s['bon_prompts']}", "normalise=true",
-        f"uwo_weights=[{args.uwo_weight}]", f"output_dir={out}/bon", f"hydra.run.dir={out}/logs/bon", log=log,
-    )
+    reward_models(s, out, sft, args.label_noise, not args.no_bootstrap, members, log=log)
+    best_of_n(s, out, sft, rm, members, args.uwo_weight, log=log)
     ppo = [
         *toy, f"model.name_or_path={sft}", rm_pattern, f"kl_coef={args.kl_coef}", "normalise=true",
         f"trainer.max_steps={s['ppo_steps']}", f"eval_every={s['ppo_eval_every']}", f"rollout_batch_size={s['rollout']}",

@@ -28,7 +28,6 @@ from experiments.common import (  # noqa: E402
     objective_curve,
     parse_args,
     print_table,
-    run_cli,
     save_figure,
     study_main,
     write_json,
@@ -39,28 +38,13 @@ STUDY = "label_noise"
 
 def train_and_bon(demo: Path, out: Path, noise: float, settings: dict, log=None) -> Path:
     """Pairs, a 5-seed RM sweep and best-of-n at label noise ``noise``, as the demo runs them. Returns the bon folder."""
+    from experiments.demo import best_of_n, reward_models
+
     s = settings
-    sft, pairs, rm, bon = demo / "models/sft", out / "data/pairs", out / "models/rm", out / "bon"
     members = [int(m) for m in s.get("members", [1, 2, 3, 4, 5])]
-    toy = ["experiment=toy", f"model={s['model']}"]
-    run_cli(
-        "rmopt-pairs", *toy, f"model.name_or_path={sft}", f"output_dir={pairs}", f"label_noise={noise}",
-        "train_split=preference", f"data.sizes.preference={s['pairs']}", "max_new_tokens=24",
-        f"hydra.run.dir={out}/logs/pairs", log=log,
-    )
-    run_cli(
-        "rmopt-rm", "-m", *toy, f"model.name_or_path={sft}", f"data.path={pairs}", f"output_dir={rm}",
-        "seed=" + ",".join(map(str, members)), f"ensemble.bootstrap={str(bool(s.get('bootstrap', True))).lower()}",
-        f"trainer.max_steps={s['rm_steps']}", "trainer.val_check_interval=50", "hydra/launcher=joblib",
-        f"hydra.sweep.dir={out}/logs/rm", log=log,
-    )
-    run_cli(
-        "rmopt-bon", *toy, f"gold_gens={demo / 'bon/gold_gens'}", f'proxy_rm_path="{rm}_seed{{seed}}"',
-        "seeds=[" + ",".join(map(str, members)) + "]", "ensembles=true", f"big_n={s['big_n']}",
-        f"num_prompts={s['bon_prompts']}", "normalise=true", f"uwo_weights=[{s.get('uwo_weight', 0.5)}]",
-        f"output_dir={bon}", f"hydra.run.dir={out}/logs/bon", log=log,
-    )
-    return bon
+    sft = demo / "models/sft"
+    rm = reward_models(s, out, sft, noise, bool(s.get("bootstrap", True)), members, log=log)
+    return best_of_n(s, out, sft, rm, members, s.get("uwo_weight", 0.5), gold_gens=demo / "bon/gold_gens", log=log)
 
 
 def compare_curves(scores, gold, ns, uwo_weight: float) -> dict:
