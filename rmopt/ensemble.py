@@ -18,6 +18,7 @@ import torch
 from rmopt.data.collate import pad
 from rmopt.errors import RmoptError
 from rmopt.models import position_ids_from_mask
+from rmopt.packing import pack, packed_hidden_states, supports_packing
 from rmopt.prompts import format_answer, format_prompt
 
 STATS_FILE = "reward_stats.json"
@@ -54,10 +55,17 @@ def tokenize_pairs(tokenizer, instructions, inputs, answers, max_length: int) ->
 def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Score head read at the last non-padding token of each row: [B, num_labels].
 
-    Positions skip left padding, so right- and left-padded rows score the same.
+    Positions skip left padding, so right- and left-padded rows score the same. GPT-NeoX models run on the
+    real tokens only (:mod:`rmopt.packing`: no compute spent on padding); others on the padded batch.
     """
+    packing = pack(attention_mask) if supports_packing(model) else None
+    if packing is not None:
+        return model.score(packed_hidden_states(model, input_ids, packing)[packing.last])
     out = model.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
     )
     hidden = out.last_hidden_state
     last = attention_mask.long().cumsum(-1).argmax(-1)  # index of the last 1 in each row

@@ -7,8 +7,9 @@ import torch
 import torchmetrics
 
 from rmopt.generation import generate_answers
-from rmopt.losses import sft_loss
+from rmopt.losses import IGNORE_INDEX, sft_loss
 from rmopt.modules.common import configure_optimizer, log_samples
+from rmopt.packing import pack, packed_hidden_states, supports_packing
 
 
 class SFTModule(L.LightningModule):
@@ -21,16 +22,35 @@ class SFTModule(L.LightningModule):
         self.history: list[dict[str, float]] = []
 
     def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def loss_inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) for :func:`sft_loss`: the padded batch's, or only the answer tokens' when the model can
+        run on packed real tokens (:mod:`rmopt.packing`): then the LM head and the loss see the K positions that
+        predict an answer token, laid out as one row [1, K + 1] that sft_loss's one-token shift pairs up (position
+        j's logits with label j + 1; the last logits row is never read). Same loss and token count either way."""
+        input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        head = self.model.get_output_embeddings() if supports_packing(self.model) else None
+        packing = pack(attention_mask) if isinstance(head, torch.nn.Linear) else None
+        if packing is None:
+            return self(input_ids, attention_mask), labels
+        hidden = packed_hidden_states(self.model, input_ids, packing)  # [N, hidden]
+        flat = packing.take(labels)
+        target = torch.cat([flat[1:], flat.new_full((1,), IGNORE_INDEX)])  # the next token's label ...
+        target[packing.last] = IGNORE_INDEX  # ... within the same sequence
+        keep = (target != IGNORE_INDEX).nonzero().squeeze(1)
+        logits = head(hidden[keep])
+        logits = torch.cat([logits, logits.new_zeros(1, logits.size(1))]).unsqueeze(0)
+        return logits, torch.cat([target.new_full((1,), IGNORE_INDEX), target[keep]]).unsqueeze(0)
 
     def training_step(self, batch, batch_idx):
-        loss, n_tokens = sft_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        loss, n_tokens = sft_loss(*self.loss_inputs(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
         self.log("train/tokens", n_tokens.float(), reduce_fx="sum", batch_size=1)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, n_tokens = sft_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        loss, n_tokens = sft_loss(*self.loss_inputs(batch))
         self.val_loss.update(loss, weight=n_tokens)  # token-weighted, so the epoch value is per token
 
     def on_validation_epoch_end(self):

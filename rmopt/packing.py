@@ -1,0 +1,126 @@
+"""Padding-free forward passes for training: the real tokens of a padded batch packed into one row.
+
+A batch padded to its longest row spends the model's per-token work (every linear layer, layer norm
+and MLP: nearly all of it) on padding too; with short, varied answers that is a third or more of
+the compute. :func:`pack` lists the real tokens of a right- or left-padded batch in row order, the
+model runs on them as one ``[1, N]`` row with positions restarting at each sequence, and only
+attention sees the sequences apart: :func:`packed_attention` lays queries, keys and values out as
+``[B, heads, longest, d]`` again (each sequence from position 0) and runs causal attention there.
+Every real token sees the same keys at the same positions as in the padded forward, so scores and
+losses are the padded forward's up to float rounding.
+
+Used for GPT-NeoX models (Pythia, the toy models); other models and gradient checkpointing (whose
+recomputation would run outside :func:`packed_forward`) keep the padded forward.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_NAME = "rmopt_packed"
+SUPPORTED_MODEL_TYPES = ("gpt_neox",)
+
+
+@dataclass
+class Packing:
+    """Where the real tokens of a padded ``[B, T]`` batch are; N = number of real tokens."""
+
+    rows: int  # B
+    width: int  # the longest sequence
+    source: torch.Tensor  # [N] flat index of each real token in the padded [B * T] batch, row by row
+    target: torch.Tensor  # [N] flat index in a [B * width] right-padded layout (for attention)
+    position_ids: torch.Tensor  # [1, N] position of each token in its own sequence
+    last: torch.Tensor  # [B] index (in 0..N-1) of each row's last token
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """The real tokens of a padded ``[B, T, ...]`` tensor, as ``[N, ...]``."""
+        return x.reshape(-1, *x.shape[2:])[self.source]
+
+
+def pack(attention_mask: torch.Tensor) -> Packing | None:
+    """The packing of a batch whose rows are each one run of ones (right or left padding); None otherwise."""
+    mask = attention_mask.bool()
+    if mask.dim() != 2 or mask.size(0) == 0:
+        return None
+    lengths = mask.sum(1)
+    if bool((lengths == 0).any()):
+        return None
+    # one contiguous run per row: the first and last ones are lengths - 1 apart
+    first = mask.int().argmax(1)
+    last_col = mask.size(1) - 1 - mask.flip(1).int().argmax(1)
+    if not bool((last_col - first + 1 == lengths).all()):
+        return None
+    rows, width = mask.size(0), int(lengths.max())
+    source = mask.flatten().nonzero().squeeze(1)
+    ends = lengths.cumsum(0)
+    starts = ends - lengths
+    row_of = torch.repeat_interleave(torch.arange(rows, device=mask.device), lengths)
+    pos = torch.arange(source.numel(), device=mask.device) - starts[row_of]
+    return Packing(rows, width, source, row_of * width + pos, pos.unsqueeze(0), ends - 1)
+
+
+def supports_packing(model) -> bool:
+    """A GPT-NeoX model without activation checkpointing (whose recomputation in the backward pass would run
+    with the model's own attention, outside :func:`packed_hidden_states`)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return False
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointing:
+        return False
+    return not any(type(m).__name__ == "CheckpointWrapper" for m in model.modules())  # FSDP's wrapping
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, rmopt_packing=None, **kwargs):
+    """Causal attention within each packed sequence: ``[1, heads, N, d]`` in, ``[1, N, heads, d]`` out."""
+    p: Packing = rmopt_packing
+    heads, d = query.size(1), query.size(3)
+
+    def spread(x):  # [1, h, N, d] -> [B, h, width, d], each sequence from position 0, zeros after it
+        flat = x[0].transpose(0, 1)
+        out = flat.new_zeros(p.rows * p.width, heads, d).index_copy(0, p.target, flat)
+        return out.view(p.rows, p.width, heads, d).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(
+        spread(query), spread(key), spread(value), dropout_p=dropout, is_causal=True, scale=scaling
+    )
+    out = out.transpose(1, 2).reshape(p.rows * p.width, heads, d).index_select(0, p.target)
+    return out.unsqueeze(0), None
+
+
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(ATTENTION_NAME, packed_attention)
+        _registered = True
+
+
+@contextmanager
+def _attention_implementation(config, name: str):
+    old = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = old
+
+
+def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """The base model's last hidden states of the real tokens: ``[N, hidden]`` in :class:`Packing` order."""
+    _register()
+    base = model.base_model
+    ids = packing.take(input_ids).unsqueeze(0)
+    with _attention_implementation(base.config, ATTENTION_NAME):
+        out = base(input_ids=ids, position_ids=packing.position_ids, use_cache=False, rmopt_packing=packing)
+    return out.last_hidden_state[0]
