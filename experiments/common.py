@@ -193,14 +193,12 @@ def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: i
     """One PNG of several panels. A panel: {"title", "xlabel", "ylabel", "log_x" (bool) or "symlog_x"
     (its linear threshold), "lines": [{"x", "y", "label",
     and optional "style" (matplotlib kwargs)}]}. Written atomically."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rmopt.utils import atomic_write_bytes
+    from rmopt.report import save_png
 
     ncols = ncols or min(3, len(panels))
     nrows = -(-len(panels) // ncols)
@@ -222,12 +220,7 @@ def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: i
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return save_png(fig, path, dpi=100)
 
 
 def study_main(main) -> None:

@@ -46,16 +46,9 @@ def headline_figure(out: Path, path: Path) -> Path:
         ax.legend(keep.values(), keep.keys(), fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle("Gold score as the proxy is optimized harder: single reward models vs ensembles")
-    fig.tight_layout()
-    import io
+    from rmopt.report import save_png
 
-    from rmopt.utils import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_png(fig, path)
 
 
 def _line(ax, name, xs, ys):

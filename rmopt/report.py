@@ -71,12 +71,19 @@ def plot_curves(
     axes[0][1].legend(fontsize="small", loc="best")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
+    return save_png(fig, path, dpi=110)
+
+
+def save_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     from rmopt.utils import atomic_write_bytes
 
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 
