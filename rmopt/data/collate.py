@@ -29,14 +29,27 @@ def tokenize_sft(tokenizer, instructions, inputs, outputs, max_length: int) -> l
 def pad(seqs: list[list[int]], value: int, side: str = "right") -> torch.Tensor:
     """Pad lists of ids to one tensor, on the right (training) or the left (generation)."""
     width = max(len(s) for s in seqs)
+    if all(isinstance(s, list | tuple) for s in seqs):  # one tensor from padded lists: no per-row copies
+        if side == "right":
+            return torch.tensor([[*s, *[value] * (width - len(s))] for s in seqs], dtype=torch.long).reshape(len(seqs), width)
+        return torch.tensor([[*[value] * (width - len(s)), *s] for s in seqs], dtype=torch.long).reshape(len(seqs), width)
     out = torch.full((len(seqs), width), value, dtype=torch.long)
     for i, s in enumerate(seqs):
-        if s:
+        if len(s):
             if side == "right":
                 out[i, : len(s)] = torch.as_tensor(s)
             else:
                 out[i, width - len(s) :] = torch.as_tensor(s)
     return out
+
+
+def padding_mask(seqs, side: str = "right") -> torch.Tensor:
+    """The attention mask of :func:`pad`'s batch: 1 on tokens, 0 on padding."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    positions = torch.arange(int(lengths.max()) if len(seqs) else 0)
+    if side == "left":
+        positions = positions.flip(0)
+    return (positions < lengths[:, None]).long()
 
 
 class SFTCollator:
@@ -46,5 +59,5 @@ class SFTCollator:
     def __call__(self, rows):
         input_ids = pad([r["input_ids"] for r in rows], self.pad_token_id)
         labels = pad([r["labels"] for r in rows], IGNORE_INDEX)
-        attention_mask = pad([[1] * len(r["input_ids"]) for r in rows], 0)
+        attention_mask = padding_mask([r["input_ids"] for r in rows])
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

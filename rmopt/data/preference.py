@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rmopt.data.collate import pad
+from rmopt.data.collate import pad, padding_mask
 from rmopt.data.sources import PREFERENCE_COLUMNS, require_columns
 from rmopt.ensemble import tokenize_pairs
 
@@ -42,8 +42,8 @@ class PairCollator:
         seqs = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
         return {
             "input_ids": pad(seqs, self.pad_token_id),
-            "attention_mask": pad([[1] * len(s) for s in seqs], 0),
-            "counts": torch.stack([torch.as_tensor(r["counts"]) for r in rows]),
+            "attention_mask": padding_mask(seqs),
+            "counts": torch.as_tensor(np.stack([r["counts"] for r in rows])),
         }
 
 

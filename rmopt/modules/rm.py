@@ -8,7 +8,7 @@ import torchmetrics
 
 from rmopt.ensemble import last_token_scores
 from rmopt.losses import reward_pair_loss
-from rmopt.modules.common import configure_optimizer
+from rmopt.modules.common import configure_optimizer, fused_on_cpu
 
 
 def init_score_head(model, heads: int, seed: int, std: float = 0.02) -> None:
@@ -103,4 +103,4 @@ class RewardModule(L.LightningModule):
         self.history = list(checkpoint.get("rmopt_history", []))
 
     def configure_optimizers(self):
-        return configure_optimizer(self, self.model.parameters(), self.optimizer_factory, self.warmup_steps)
+        return configure_optimizer(self, self.model.parameters(), fused_on_cpu(self.optimizer_factory), self.warmup_steps)

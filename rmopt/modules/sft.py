@@ -8,7 +8,7 @@ import torchmetrics
 
 from rmopt.generation import generate_answers
 from rmopt.losses import IGNORE_INDEX, sft_loss
-from rmopt.modules.common import configure_optimizer, log_samples
+from rmopt.modules.common import configure_optimizer, fused_on_cpu, log_samples
 from rmopt.packing import pack, packed_hidden_states, supports_packing
 
 
@@ -25,19 +25,24 @@ class SFTModule(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def loss_inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, labels) for :func:`sft_loss`: the padded batch's, or only the answer tokens' when the model can
-        run on packed real tokens (:mod:`rmopt.packing`): then the LM head and the loss see the K positions that
-        predict an answer token, laid out as one row [1, K + 1] that sft_loss's one-token shift pairs up (position
-        j's logits with label j + 1; the last logits row is never read). Same loss and token count either way."""
+        """(logits, labels) for :func:`sft_loss`: the padded batch's, or, when the model can run on packed real
+        tokens (:mod:`rmopt.packing`), only what the loss reads: each sequence without its last token (which
+        predicts nothing and is no earlier token's key) through the model, and the LM head on the K positions
+        that predict an answer token, laid out as one row [1, K + 1] that sft_loss's one-token shift pairs up
+        (position j's logits with label j + 1; the last logits row is never read). Same loss either way."""
         input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         head = self.model.get_output_embeddings() if supports_packing(self.model) else None
-        packing = pack(attention_mask) if isinstance(head, torch.nn.Linear) else None
+        whole = pack(attention_mask) if isinstance(head, torch.nn.Linear) else None
+        packing = None
+        if whole is not None:
+            trimmed = attention_mask.clone()
+            trimmed.view(-1)[whole.source[whole.last]] = 0
+            packing = pack(trimmed)
         if packing is None:
             return self(input_ids, attention_mask), labels
         hidden = packed_hidden_states(self.model, input_ids, packing)  # [N, hidden]
-        flat = packing.take(labels)
-        target = torch.cat([flat[1:], flat.new_full((1,), IGNORE_INDEX)])  # the next token's label ...
-        target[packing.last] = IGNORE_INDEX  # ... within the same sequence
+        next_labels = torch.cat([labels[:, 1:], labels.new_full((labels.size(0), 1), IGNORE_INDEX)], dim=1)
+        target = packing.take(next_labels)
         keep = (target != IGNORE_INDEX).nonzero().squeeze(1)
         logits = head(hidden[keep])
         logits = torch.cat([logits, logits.new_zeros(1, logits.size(1))]).unsqueeze(0)
@@ -84,4 +89,4 @@ class SFTModule(L.LightningModule):
         self.history = list(checkpoint.get("rmopt_history", []))
 
     def configure_optimizers(self):
-        return configure_optimizer(self, self.model.parameters(), self.optimizer_factory, self.warmup_steps)
+        return configure_optimizer(self, self.model.parameters(), fused_on_cpu(self.optimizer_factory), self.warmup_steps)
