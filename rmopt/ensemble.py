@@ -60,7 +60,7 @@ def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """
     packing = pack(attention_mask) if supports_packing(model) else None
     if packing is not None:
-        return model.score(packed_hidden_states(model, input_ids, packing)[packing.last])
+        return model.score(packed_hidden_states(model, input_ids, packing, keep=packing.last))
     out = model.base_model(
         input_ids=input_ids,
         attention_mask=attention_mask,

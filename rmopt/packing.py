@@ -116,11 +116,66 @@ def _attention_implementation(config, name: str):
         config._attn_implementation = old
 
 
-def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """The base model's last hidden states of the real tokens: ``[N, hidden]`` in :class:`Packing` order."""
+def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The base model's last hidden states of the real tokens, ``[N, hidden]`` in :class:`Packing` order, or only
+    of the tokens at ``keep`` (indices into 0..N-1), ``[len(keep), hidden]``.
+
+    With ``keep``, the last layer does its per-token work after attention (output projection, MLP, final
+    norm) on those tokens only: every token's keys and values are still computed, so the kept tokens'
+    states are the same; an RM reads one token per sequence, SFT only the tokens that predict answer tokens.
+    """
     _register()
     base = model.base_model
     ids = packing.take(input_ids).unsqueeze(0)
     with _attention_implementation(base.config, ATTENTION_NAME):
+        if keep is not None and _plain_gpt_neox(base):
+            return _gpt_neox_forward(base, ids, packing, keep)
         out = base(input_ids=ids, position_ids=packing.position_ids, use_cache=False, rmopt_packing=packing)
-    return out.last_hidden_state[0]
+    hidden = out.last_hidden_state[0]
+    return hidden if keep is None else hidden[keep]
+
+
+def _plain_gpt_neox(base) -> bool:
+    """transformers' own GPT-NeoX classes, whose forward :func:`_gpt_neox_forward` follows."""
+    from transformers.models.gpt_neox import modeling_gpt_neox as neox
+
+    return type(base) is neox.GPTNeoXModel and all(
+        type(layer) is neox.GPTNeoXLayer
+        and type(layer.attention) is neox.GPTNeoXAttention
+        and type(layer.mlp) is neox.GPTNeoXMLP
+        for layer in base.layers
+    )
+
+
+def _gpt_neox_forward(base, ids: torch.Tensor, packing: Packing, keep: torch.Tensor) -> torch.Tensor:
+    """``GPTNeoXModel.forward`` on packed ids (no cache, no mask), the last layer's per-token work on ``keep``."""
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
+    hidden = base.emb_dropout(base.embed_in(ids))
+    position_embeddings = base.rotary_emb(hidden, position_ids=packing.position_ids)
+    *layers, last = base.layers
+    for layer in layers:
+        hidden = layer(
+            hidden,
+            attention_mask=None,
+            position_ids=packing.position_ids,
+            position_embeddings=position_embeddings,
+            rmopt_packing=packing,
+        )
+    # the last GPTNeoXLayer: attention over every token, the rest on the kept ones
+    attention, n = last.attention, hidden.size(1)
+    qkv = attention.query_key_value(last.input_layernorm(hidden))
+    qkv = qkv.view(1, n, -1, 3 * attention.head_size).transpose(1, 2)
+    query, key, value = qkv.chunk(3, dim=-1)
+    query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+    dropout = attention.attention_dropout if attention.training else 0.0
+    out, _ = packed_attention(attention, query, key, value, None, attention.scaling, dropout, rmopt_packing=packing)
+    attn_output = last.post_attention_dropout(attention.dense(out[0, keep].reshape(keep.numel(), -1)))
+    residual = hidden[0, keep]
+    if last.use_parallel_residual:
+        mlp_output = last.post_mlp_dropout(last.mlp(last.post_attention_layernorm(residual)))
+        hidden = mlp_output + attn_output + residual
+    else:
+        attn_output = attn_output + residual
+        hidden = last.post_mlp_dropout(last.mlp(last.post_attention_layernorm(attn_output))) + attn_output
+    return base.final_layer_norm(hidden)

@@ -40,11 +40,10 @@ class SFTModule(L.LightningModule):
             packing = pack(trimmed)
         if packing is None:
             return self(input_ids, attention_mask), labels
-        hidden = packed_hidden_states(self.model, input_ids, packing)  # [N, hidden]
         next_labels = torch.cat([labels[:, 1:], labels.new_full((labels.size(0), 1), IGNORE_INDEX)], dim=1)
         target = packing.take(next_labels)
         keep = (target != IGNORE_INDEX).nonzero().squeeze(1)
-        logits = head(hidden[keep])
+        logits = head(packed_hidden_states(self.model, input_ids, packing, keep=keep))  # [K, vocab]
         logits = torch.cat([logits, logits.new_zeros(1, logits.size(1))]).unsqueeze(0)
         return logits, torch.cat([target.new_full((1,), IGNORE_INDEX), target[keep]]).unsqueeze(0)
 
