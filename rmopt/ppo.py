@@ -95,9 +95,13 @@ def train(cfg: DictConfig, ensemble=None) -> dict[str, float]:
     ckpt_dir = output_dir / "checkpoints"
     data = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg, ensemble, data)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, ckpt_dir, cfg.get("resume", False))
+    if ckpt_path is None:  # a fresh run: an earlier run's eval files and results must not mix with this one's
+        for stale in [*eval_files(output_dir), output_dir / "results.json"]:
+            stale.unlink(missing_ok=True)
     save_run_config(cfg, output_dir)
     trainer = build_trainer(cfg, ckpt_dir)
-    trainer.fit(module, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, ckpt_dir, cfg.get("resume", False)))
+    trainer.fit(module, ckpt_path=ckpt_path)
     save_policy(output_dir / "policy", module.policy, module.tokenizer)
     if cfg.gold_eval:
         score_gold(output_dir, load_gold(cfg, data), cfg.get("gold_batch_size"))

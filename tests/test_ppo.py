@@ -254,3 +254,15 @@ def test_short_run_raises_an_easy_proxy_reward(toy_sft_dir, tmp_path):
     assert len(proxy) == 40
     early, late = np.mean(proxy[:8]), np.mean(proxy[-8:])
     assert late > early + 0.15, (early, late)
+
+
+def test_a_fresh_run_in_an_old_folder_drops_the_old_eval_files(toy_sft_dir, rm_dirs, tmp_path):
+    from rmopt.ppo import train
+
+    out = tmp_path / "run"
+    train(ppo_cfg(toy_sft_dir, rm_dirs, out, "trainer.max_steps=4", "eval_every=1", "seeds=[1]"))
+    assert len(list((out / "eval").glob("step_*.json"))) == 5
+    train(ppo_cfg(toy_sft_dir, rm_dirs, out, "trainer.max_steps=2", "eval_every=2", "seeds=[1]", "kl_coef=0.05"))
+    assert sorted(f.name for f in (out / "eval").glob("step_*.json")) == ["step_000000.json", "step_000002.json"]
+    points = json.loads((out / "results.json").read_text())["points"]
+    assert [p["step"] for p in points] == [0, 2]
