@@ -69,12 +69,11 @@ def supports_packing(model) -> bool:
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return False
-    checkpointing = getattr(model, "is_activation_checkpointing", None)
-    if checkpointing is None:
-        checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    if checkpointing:
-        return False
-    return not any(type(m).__name__ == "CheckpointWrapper" for m in model.modules())  # FSDP's wrapping
+    # one pass over the modules: transformers' gradient checkpointing flag, FSDP's checkpoint wrappers
+    return not any(
+        vars(m).get("gradient_checkpointing") is True or type(m).__name__ == "CheckpointWrapper"
+        for m in model.modules()
+    )
 
 
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, rmopt_packing=None, **kwargs):

@@ -8,7 +8,7 @@ import torchmetrics
 
 from rmopt.ensemble import last_token_scores
 from rmopt.losses import reward_pair_loss
-from rmopt.modules.common import configure_optimizer, fused_on_cpu
+from rmopt.modules.common import configure_optimizer, fused_on_cpu, logs_this_step
 
 
 def init_score_head(model, heads: int, seed: int, std: float = 0.02) -> None:
@@ -68,9 +68,10 @@ class RewardModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         scores = self(batch["input_ids"], batch["attention_mask"])
         loss, head_losses, head_accs = multi_head_pair_loss(scores, batch["counts"], self.l2_coef)
-        b = batch["counts"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        self.log("train/accuracy", head_accs.nanmean(), batch_size=b)
+        if logs_this_step(self):
+            b = batch["counts"].size(0)
+            self.log("train/loss", loss, prog_bar=True, batch_size=b)
+            self.log("train/accuracy", head_accs.nanmean(), batch_size=b)
         return loss
 
     def validation_step(self, batch, batch_idx):

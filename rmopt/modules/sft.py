@@ -8,7 +8,7 @@ import torchmetrics
 
 from rmopt.generation import generate_answers
 from rmopt.losses import IGNORE_INDEX, sft_loss
-from rmopt.modules.common import configure_optimizer, fused_on_cpu, log_samples
+from rmopt.modules.common import configure_optimizer, fused_on_cpu, log_samples, logs_this_step
 from rmopt.packing import pack, packed_hidden_states, supports_packing
 
 
@@ -49,8 +49,9 @@ class SFTModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, n_tokens = sft_loss(*self.loss_inputs(batch))
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
-        self.log("train/tokens", n_tokens.float(), reduce_fx="sum", batch_size=1)
+        if logs_this_step(self):
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
+            self.log("train/tokens", n_tokens.float(), reduce_fx="sum", batch_size=1)
         return loss
 
     def validation_step(self, batch, batch_idx):
