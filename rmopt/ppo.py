@@ -97,7 +97,7 @@ def train(cfg: DictConfig, ensemble=None) -> dict[str, float]:
     module = build_module(cfg, ensemble, data)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, ckpt_dir, cfg.get("resume", False))
     if ckpt_path is None:  # a fresh run: an earlier run's eval files and results must not mix with this one's
-        for stale in [*eval_files(output_dir), output_dir / "results.json"]:
+        for stale in [*(output_dir / "eval").glob("step_*.json"), output_dir / "results.json"]:
             stale.unlink(missing_ok=True)
     save_run_config(cfg, output_dir)
     trainer = build_trainer(cfg, ckpt_dir)
