@@ -2,26 +2,26 @@
 
 A batch padded to its longest row spends the model's per-token work (every linear layer, layer norm
 and MLP: nearly all of it) on padding too; with short, varied answers that is a third or more of
-the compute. :func:`pack` lists the real tokens of a right- or left-padded batch in row order, the
-model runs on them as one ``[1, N]`` row with positions restarting at each sequence, and only
-attention sees the sequences apart: :func:`packed_attention` lays queries, keys and values out as
-``[B, heads, longest, d]`` again (each sequence from position 0) and runs causal attention there.
-Every real token sees the same keys at the same positions as in the padded forward, so scores and
-losses are the padded forward's up to float rounding.
+the compute. :func:`pack` lists the real tokens of a right- or left-padded batch in row order,
+:func:`packed_hidden_states` runs the model's own modules on them as one ``[1, N]`` row (positions
+restarting at each sequence), and only attention sees the sequences apart: :func:`packed_attention`
+lays queries, keys and values out as ``[B, heads, longest, d]`` again (each sequence from position
+0) and runs causal attention there. Every real token sees the same keys at the same positions as in
+the padded forward, so hidden states, scores and losses are the padded forward's up to float
+rounding. The last layer can also skip the tokens nobody reads (``keep``).
 
-Used for GPT-NeoX models (Pythia, the toy models); other models and gradient checkpointing (whose
-recomputation would run outside :func:`packed_forward`) keep the padded forward.
+Used for transformers' GPT-NeoX models (Pythia, the toy models), whose forward it follows; other
+models, and models with activation checkpointing (which this forward would not apply), keep the
+padded forward.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-ATTENTION_NAME = "rmopt_packed"
 SUPPORTED_MODEL_TYPES = ("gpt_neox",)
 
 
@@ -69,6 +69,8 @@ def supports_packing(model) -> bool:
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return False
+    if not _plain_gpt_neox(model.base_model):
+        return False
     # one pass over the modules: transformers' gradient checkpointing flag, FSDP's checkpoint wrappers
     return not any(
         vars(m).get("gradient_checkpointing") is True or type(m).__name__ == "CheckpointWrapper"
@@ -76,10 +78,9 @@ def supports_packing(model) -> bool:
     )
 
 
-def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, rmopt_packing=None, **kwargs):
-    """Causal attention within each packed sequence: ``[1, heads, N, d]`` in, ``[1, N, heads, d]`` out."""
-    p: Packing = rmopt_packing
-    heads, d = query.size(1), query.size(3)
+def packed_attention(query, key, value, packing: Packing, scaling: float, dropout: float = 0.0) -> torch.Tensor:
+    """Causal attention within each packed sequence: ``[1, heads, N, d]`` in, ``[N, heads, d]`` out."""
+    p, heads, d = packing, query.size(1), query.size(3)
 
     def spread(x):  # [1, h, N, d] -> [B, h, width, d], each sequence from position 0, zeros after it
         flat = x[0].transpose(0, 1)
@@ -89,30 +90,7 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     out = F.scaled_dot_product_attention(
         spread(query), spread(key), spread(value), dropout_p=dropout, is_causal=True, scale=scaling
     )
-    out = out.transpose(1, 2).reshape(p.rows * p.width, heads, d).index_select(0, p.target)
-    return out.unsqueeze(0), None
-
-
-_registered = False
-
-
-def _register() -> None:
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-
-        AttentionInterface.register(ATTENTION_NAME, packed_attention)
-        _registered = True
-
-
-@contextmanager
-def _attention_implementation(config, name: str):
-    old = config._attn_implementation
-    config._attn_implementation = name
-    try:
-        yield
-    finally:
-        config._attn_implementation = old
+    return out.transpose(1, 2).reshape(p.rows * p.width, heads, d).index_select(0, p.target)
 
 
 def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,20 +100,37 @@ def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep:
     With ``keep``, the last layer does its per-token work after attention (output projection, MLP, final
     norm) on those tokens only: every token's keys and values are still computed, so the kept tokens'
     states are the same; an RM reads one token per sequence, SFT only the tokens that predict answer tokens.
+    Follows ``GPTNeoXModel.forward`` (no cache, no mask, the layers' own modules and dropouts).
     """
-    _register()
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
     base = model.base_model
-    ids = packing.take(input_ids).unsqueeze(0)
-    with _attention_implementation(base.config, ATTENTION_NAME):
-        if keep is not None and _plain_gpt_neox(base):
-            return _gpt_neox_forward(base, ids, packing, keep)
-        out = base(input_ids=ids, position_ids=packing.position_ids, use_cache=False, rmopt_packing=packing)
-    hidden = out.last_hidden_state[0]
-    return hidden if keep is None else hidden[keep]
+    hidden = base.emb_dropout(base.embed_in(packing.take(input_ids).unsqueeze(0)))  # [1, N, hidden]
+    position_embeddings = base.rotary_emb(hidden, position_ids=packing.position_ids)
+    last = len(base.layers) - 1
+    for i, layer in enumerate(base.layers):  # GPTNeoXLayer.forward
+        rows = keep if i == last else None
+        attention, n = layer.attention, hidden.size(1)
+        qkv = attention.query_key_value(layer.input_layernorm(hidden))
+        query, key, value = qkv.view(1, n, -1, 3 * attention.head_size).transpose(1, 2).chunk(3, dim=-1)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        dropout = attention.attention_dropout if attention.training else 0.0
+        out = packed_attention(query, key, value, packing, attention.scaling, dropout)  # [N, heads, d]
+        residual = hidden if rows is None else hidden[0, rows]
+        out = out.reshape(1, n, -1) if rows is None else out[rows].reshape(rows.numel(), -1)
+        attn_output = layer.post_attention_dropout(attention.dense(out))
+        if layer.use_parallel_residual:
+            mlp_output = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(residual)))
+            hidden = mlp_output + attn_output + residual
+        else:
+            attn_output = attn_output + residual
+            hidden = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn_output))) + attn_output
+    hidden = base.final_layer_norm(hidden)
+    return hidden[0] if keep is None else hidden
 
 
 def _plain_gpt_neox(base) -> bool:
-    """transformers' own GPT-NeoX classes, whose forward :func:`_gpt_neox_forward` follows."""
+    """transformers' own GPT-NeoX classes, whose forward :func:`packed_hidden_states` follows."""
     from transformers.models.gpt_neox import modeling_gpt_neox as neox
 
     return type(base) is neox.GPTNeoXModel and all(
@@ -144,37 +139,3 @@ def _plain_gpt_neox(base) -> bool:
         and type(layer.mlp) is neox.GPTNeoXMLP
         for layer in base.layers
     )
-
-
-def _gpt_neox_forward(base, ids: torch.Tensor, packing: Packing, keep: torch.Tensor) -> torch.Tensor:
-    """``GPTNeoXModel.forward`` on packed ids (no cache, no mask), the last layer's per-token work on ``keep``."""
-    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
-
-    hidden = base.emb_dropout(base.embed_in(ids))
-    position_embeddings = base.rotary_emb(hidden, position_ids=packing.position_ids)
-    *layers, last = base.layers
-    for layer in layers:
-        hidden = layer(
-            hidden,
-            attention_mask=None,
-            position_ids=packing.position_ids,
-            position_embeddings=position_embeddings,
-            rmopt_packing=packing,
-        )
-    # the last GPTNeoXLayer: attention over every token, the rest on the kept ones
-    attention, n = last.attention, hidden.size(1)
-    qkv = attention.query_key_value(last.input_layernorm(hidden))
-    qkv = qkv.view(1, n, -1, 3 * attention.head_size).transpose(1, 2)
-    query, key, value = qkv.chunk(3, dim=-1)
-    query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-    dropout = attention.attention_dropout if attention.training else 0.0
-    out, _ = packed_attention(attention, query, key, value, None, attention.scaling, dropout, rmopt_packing=packing)
-    attn_output = last.post_attention_dropout(attention.dense(out[0, keep].reshape(keep.numel(), -1)))
-    residual = hidden[0, keep]
-    if last.use_parallel_residual:
-        mlp_output = last.post_mlp_dropout(last.mlp(last.post_attention_layernorm(residual)))
-        hidden = mlp_output + attn_output + residual
-    else:
-        attn_output = attn_output + residual
-        hidden = last.post_mlp_dropout(last.mlp(last.post_attention_layernorm(attn_output))) + attn_output
-    return base.final_layer_norm(hidden)

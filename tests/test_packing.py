@@ -1,0 +1,115 @@
+"""Padding-free training forwards (rmopt.packing) against transformers' own padded forward, and the
+step-cost helpers the training modules use (fused AdamW on CPU, padding)."""
+
+import functools
+
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
+
+from rmopt.data.collate import SFTCollator, pad, padding_mask
+from rmopt.ensemble import last_token_scores
+from rmopt.losses import IGNORE_INDEX, sft_loss
+from rmopt.modules.common import fused_on_cpu
+from rmopt.modules.sft import SFTModule
+from rmopt.packing import pack, packed_hidden_states, supports_packing
+
+SEQS = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 12, 13], [20, 21, 22, 23]]
+
+
+def config(parallel: bool = True) -> GPTNeoXConfig:
+    return GPTNeoXConfig(
+        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, rotary_pct=0.5, use_parallel_residual=parallel, pad_token_id=0,
+        hidden_dropout=0.0, attention_dropout=0.0,
+    )
+
+
+def batch(seqs, side="right"):
+    return pad(seqs, 0, side), padding_mask(seqs, side)
+
+
+def test_pack_lists_real_tokens_with_their_positions():
+    ids, mask = batch([[1, 2, 3], [4], [5, 6]], side="left")
+    p = pack(mask)
+    assert p.take(ids).tolist() == [1, 2, 3, 4, 5, 6]
+    assert p.position_ids.tolist() == [[0, 1, 2, 0, 0, 1]]
+    assert p.last.tolist() == [2, 3, 5] and (p.rows, p.width) == (3, 3)
+    assert p.target.tolist() == [0, 1, 2, 3, 6, 7]  # row * width + position
+    assert pack(torch.tensor([[1, 0, 1]])) is None  # a hole: not one run of tokens
+    assert pack(torch.tensor([[1, 1], [0, 0]])) is None  # an empty row
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_packed_scores_and_gradients_match_the_padded_forward(parallel, side):
+    torch.manual_seed(0)
+    model = GPTNeoXForSequenceClassification(config(parallel)).train()
+    assert supports_packing(model)
+    ids, mask = batch(SEQS, side)
+    ours = last_token_scores(model, ids, mask)
+    alone = torch.cat([model(input_ids=torch.tensor([s])).logits for s in SEQS])  # transformers, no padding
+    assert torch.allclose(ours, alone, atol=1e-6)
+    weights = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    (ours * weights).sum().backward()
+    packed_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    (alone * weights).sum().backward()
+    for g, ref in zip(packed_grads, [p.grad for p in model.parameters()], strict=True):
+        assert torch.allclose(g, ref, atol=1e-5)
+
+
+def test_packed_hidden_states_keep_reads_the_same_states():
+    torch.manual_seed(1)
+    model = GPTNeoXForSequenceClassification(config()).eval()
+    ids, mask = batch(SEQS)
+    p = pack(mask)
+    every = packed_hidden_states(model, ids, p)
+    keep = torch.tensor([0, 4, 6, 7, 14])
+    assert torch.allclose(packed_hidden_states(model, ids, p, keep=keep), every[keep], atol=1e-6)
+    padded = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(every, p.take(padded), atol=1e-5)
+
+
+def test_sft_loss_of_the_answer_tokens_matches_the_padded_loss():
+    torch.manual_seed(2)
+    model = GPTNeoXForCausalLM(config()).train()
+    rows = [{"input_ids": s, "labels": [IGNORE_INDEX] * (len(s) // 2) + s[len(s) // 2 :]} for s in SEQS]
+    b = SFTCollator(0)(rows)
+    module = SFTModule(model, None, optimizer=None)
+    loss, n = sft_loss(*module.loss_inputs(b))
+    ref, n_ref = sft_loss(module(b["input_ids"], b["attention_mask"]), b["labels"])
+    # answer tokens predicted: each row's labelled tokens after its first
+    assert int(n) == int(n_ref) == sum(len(s) - len(s) // 2 for s in SEQS)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref.backward()
+    for g, r in zip(grads, [p.grad for p in model.parameters()], strict=True):
+        assert torch.allclose(g, r, atol=1e-6)
+
+
+def test_checkpointing_and_other_models_keep_the_padded_forward():
+    model = GPTNeoXForCausalLM(config())
+    assert supports_packing(model)
+    model.gradient_checkpointing_enable()
+    assert not supports_packing(model)
+    assert not supports_packing(torch.nn.Linear(2, 2))
+
+
+def test_fused_adamw_on_cpu_unless_the_config_chose():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    assert fused_on_cpu(functools.partial(torch.optim.AdamW, lr=0.1))(params=params).defaults["fused"] is True
+    chosen = fused_on_cpu(functools.partial(torch.optim.AdamW, lr=0.1, foreach=False))(params=params)
+    assert not chosen.defaults["fused"] and chosen.defaults["foreach"] is False
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    assert fused_on_cpu(sgd) is sgd
+
+
+def test_pad_and_mask():
+    seqs = [[1, 2, 3], [4], [], [5, 6]]
+    assert pad(seqs, 9).tolist() == [[1, 2, 3], [4, 9, 9], [9, 9, 9], [5, 6, 9]]
+    assert pad(seqs, 9, "left").tolist() == [[1, 2, 3], [9, 9, 4], [9, 9, 9], [9, 5, 6]]
+    assert padding_mask(seqs, "left").tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0], [0, 1, 1]]
+    assert pad([torch.tensor([1, 2]), torch.tensor([3])], 0).tolist() == [[1, 2], [3, 0]]
