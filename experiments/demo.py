@@ -29,12 +29,12 @@ SETTINGS = {
     # quick: a tiny world to see every stage work (a few minutes)
     "quick": dict(
         model="toy-tiny", sft_steps=400, pairs=1500, rm_steps=150, bon_prompts=40, big_n=128,
-        ppo_steps=30, ppo_eval_every=10, ppo_singles=[1], rollout=32,
+        ppo_steps=40, ppo_eval_every=10, ppo_singles=[1], rollout=32, ppo_lr=1e-4,
     ),
     # full: the demo the report describes
     "full": dict(
         model="toy-small", sft_steps=1500, pairs=4000, rm_steps=400, bon_prompts=100, big_n=512,
-        ppo_steps=100, ppo_eval_every=10, ppo_singles=[1, 2, 3, 4, 5], rollout=64,
+        ppo_steps=100, ppo_eval_every=10, ppo_singles=[1, 2, 3, 4, 5], rollout=64, ppo_lr=3e-5,
     ),
 }
 
@@ -110,7 +110,9 @@ def main() -> None:
     ppo = [
         *toy, f"model.name_or_path={sft}", rm_pattern, f"kl_coef={args.kl_coef}", "normalise=true",
         f"trainer.max_steps={s['ppo_steps']}", f"eval_every={s['ppo_eval_every']}", f"rollout_batch_size={s['rollout']}",
-        "eval_prompts=128", "logger=csv", "hydra/launcher=joblib",
+        f"optimizer.lr={s['ppo_lr']}", "eval_prompts=128", "logger=csv", "hydra/launcher=joblib",
+        # evaluate as the policy samples (temperature 1), so step 0 is best-of-n's n = 1
+        "eval_temperature=1.0", "eval_top_p=1.0",
     ]
     singles = ",".join(f"[{m}]" for m in s["ppo_singles"])
     run(

@@ -111,7 +111,8 @@ Made by `experiments/demo.py` in {s['minutes']} minutes: policy and reward-model
 (SFT {s['sft_steps']} steps), {s['pairs']} preference prompts labelled by the gold reward with label noise
 {s['label_noise']}, {len(s['members'])} reward models (seeds {s['members']}, {'each on its own bootstrap resample' if s['bootstrap'] else 'sharing their data'},
 {s['rm_steps']} steps), members standardised by their held-out statistics before combining, UWO weight {s['uwo_weight']}.
-Best-of-n over {s['bon_prompts']} prompts x {s['big_n']} answers; PPO {s['ppo_steps']} steps with KL coefficient {s['kl_coef']}.
+Best-of-n over {s['bon_prompts']} prompts x {s['big_n']} answers; PPO {s['ppo_steps']} steps (learning rate
+{s.get('ppo_lr')}) with KL coefficient {s['kl_coef']}, evaluated at the sampling temperature 1 on 128 held-out prompts.
 
 ![gold score against KL](overoptimization.png)
 
