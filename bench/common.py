@@ -218,15 +218,39 @@ def machine_line() -> str:
             f"torch {torch.__version__}, 1 torch thread")
 
 
-def write_results(results: list[Result], out_dir: Path, header: dict) -> tuple[Path, Path]:
-    """bench/results.json (the list of records) and bench/RESULTS.md (a table), atomically."""
+def write_results(results: list[Result], out_dir: Path, header: dict, update: bool = False) -> tuple[Path, Path]:
+    """bench/results.json (the list of records) and bench/RESULTS.md (a table), atomically.
+
+    ``update``: replace only these rows (by name) in the files already there, keeping the other rows, their
+    order and the old header, with ``header``'s entries that differ from it added as "update" lines.
+    """
     from rmopt.utils import atomic_write_json, atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "RESULTS.md"
+    if update and json_path.exists():
+        old = [Result(**r) for r in json.loads(json_path.read_text())]
+        new = {r.name: r for r in results}
+        merged = [new.pop(r.name, r) for r in old] + list(new.values())
+        old_header = read_header(md_path) if md_path.exists() else {}
+        rows = ", ".join(r.name for r in results)
+        header = {**old_header, **{f"updated ({rows})" if k == "made" else f"update: {k}": v
+                                   for k, v in header.items() if old_header.get(k) != v}}
+        results = merged
     atomic_write_json(json_path, [r.record() for r in results])
     atomic_write_text(md_path, markdown(results, header))
     return json_path, md_path
+
+
+def read_header(md_path: Path) -> dict:
+    """The ``- **key**: value`` lines at the top of a RESULTS.md written by :func:`markdown`."""
+    header = {}
+    for line in md_path.read_text().splitlines()[2:]:
+        if not line.startswith("- **"):
+            break
+        key, _, value = line[4:].partition("**: ")
+        header[key] = value
+    return header
 
 
 def _fmt(v) -> str:

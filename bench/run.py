@@ -52,7 +52,7 @@ class Sizes:
     train_batch: int = 32
     max_length: int = 64
     train_warmup: int = 3
-    train_steps: int = 12
+    train_steps: int = 30  # ~1-3 s per side and repetition: shorter windows are at the mercy of other processes
     ppo_batch: int = 8
     ppo_new_tokens: int = 32
     ppo_epochs: int = 4
@@ -352,6 +352,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="skip the TRL peers (subprocesses in bench/venv-trl)")
     parser.add_argument("--no-venv", action="store_true", help="use bench/venv-trl only if it already exists")
     parser.add_argument("--out", default=str(BENCH_DIR), help="folder for results.json and RESULTS.md")
+    parser.add_argument("--update", action="store_true", help="replace only these rows in the results files already there")
+    parser.add_argument("--note", default=None, help="a line for RESULTS.md's header (what changed)")
     args = parser.parse_args(argv)
     only = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = sorted(set(only) - set(BENCHMARKS))
@@ -393,7 +395,9 @@ def main(argv=None) -> int:
         }
         if bench.notes:
             header["peer failures"] = "; ".join(bench.notes)
-    json_path, md_path = write_results(results, Path(args.out), header)
+        if args.note:
+            header["note"] = args.note
+    json_path, md_path = write_results(results, Path(args.out), header, update=args.update)
     print(f"wrote {json_path} and {md_path} in {(time.time() - started) / 60:.1f} min")
     return 0
 

@@ -34,6 +34,14 @@ def test_results_files(tmp_path):
     assert "| b | 10.00 | n/a | pairs/s | n/a |" in md
     assert "MFU ours = 0.25" in md and "- **made**: now" in md
     assert "| benchmark |" in markdown([], {})
+    # --update: only the given rows change; the other rows, their order and the old header stay
+    write_results([Result("a", 1.0, 4.0, "s", 4.0, "again"), Result("c", 1.0, 1.0, "s", 1.0, "new")], tmp_path,
+                  {"made": "later", "machine": "m", "note": "faster"}, update=True)
+    records = json.loads(json_path.read_text())
+    assert [(r["name"], r["ratio"]) for r in records] == [("a", 4.0), ("b", None), ("c", 1.0)]
+    md = md_path.read_text()
+    assert "- **made**: now" in md and "- **updated (a, c)**: later" in md and "- **update: note**: faster" in md
+    assert "| a | 1.00 | 4.00 | s | 4.00 |" in md and "| b | 10.00 |" in md
 
 
 @pytest.mark.parametrize(
