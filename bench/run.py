@@ -75,7 +75,7 @@ class Bench:
     def __init__(self, sizes: Sizes, work: Path, peers: bool, create_venv: bool):
         self.s, self.work = sizes, work
         self.assets = make_assets(work / "assets", sizes.model, pairs=max(4 * sizes.train_batch * 8, 64),
-                                  sft_rows=max(sizes.train_batch * 8, 64))
+                                  sft_rows=max(sizes.train_batch * 32, 64))  # 32 steps an epoch, as the pairs
         self.trl = trl_python(create=create_venv) if peers else None
         self.peers = peers
         self.flops = [matmul_flops()]
@@ -343,6 +343,19 @@ class Bench:
         return Bench._trl
 
 
+def _shown(argv: list[str]) -> list[str]:
+    """The command line for RESULTS.md, without --note's text (which gets a line of its own)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma list of {', '.join(BENCHMARKS)}")
@@ -385,7 +398,7 @@ def main(argv=None) -> int:
             bench.flops.append(matmul_flops())
         header = {
             "made": time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
-            + f" by `{' '.join(['python -m bench.run', *(argv if argv is not None else sys.argv[1:])])}`",
+            + f" by `{' '.join(['python -m bench.run', *_shown(argv if argv is not None else sys.argv[1:])])}`",
             "took": f"{(time.time() - started) / 60:.1f} min",
             "machine": machine_line(),
             "peak fp32 matmul (1024^3, 1 thread)": f"{bench.peak_flops() / 1e9:.1f} GFLOP/s (median over the run; "
