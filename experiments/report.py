@@ -107,7 +107,8 @@ def write_report(out: Path, settings: dict) -> dict:
     s = settings
     text = f"""# Overoptimization in the toy world
 
-Made by `experiments/demo.py` in {s['minutes']} minutes: policy and reward-model base `{s['model']}`
+Made by `experiments/demo.py` (its last invocation took {s['minutes']} minutes; stages already done are
+skipped): policy and reward-model base `{s['model']}`
 (SFT {s['sft_steps']} steps), {s['pairs']} preference prompts labelled by the gold reward with label noise
 {s['label_noise']}, {len(s['members'])} reward models (seeds {s['members']}, {'each on its own bootstrap resample' if s['bootstrap'] else 'sharing their data'},
 {s['rm_steps']} steps), members standardised by their held-out statistics before combining, UWO weight {s['uwo_weight']}.
