@@ -84,17 +84,23 @@ def verdict(summary: dict[str, dict], x: str) -> list[str]:
             for s in groups.get(kind, []):
                 rel = "less than" if s["drop"] < drop - 0.01 else ("about as much as" if s["drop"] <= drop + 0.01 else "more than")
                 lines.append(
-                    f"{kind.upper()} ensemble: peak gold {s['gold_max']:.3f} at {x} = {s[f'{x}_at_max']}, final "
-                    f"{s['gold_final']:.3f}; it fell {s['drop']:.3f}, {rel} a single RM on average "
-                    f"(final gold {s['gold_final'] - float(np.mean([t['gold_final'] for t in singles])):+.3f} vs singles)."
+                    f"{kind.upper()} ensemble: peak gold {s['gold_max']:.3f} at {x} = {_fmt(s[f'{x}_at_max'])}, final "
+                    f"{s['gold_final']:.3f} at {x} = {_fmt(s[f'{x}_final'])}; it fell {s['drop']:.3f}, {rel} a single RM "
+                    f"on average (final gold {s['gold_final'] - float(np.mean([t['gold_final'] for t in singles])):+.3f} vs "
+                    f"singles, which ended at {x} = {_fmt(float(np.mean([t[f'{x}_final'] for t in singles])))} on average)."
                 )
     return lines
 
 
+def _fmt(v) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:.2f}"
+
+
 def _table(summary: dict[str, dict], x: str) -> str:
-    head = f"| reward | gold start | gold max | {x} at max | gold final | drop |\n|---|---|---|---|---|---|\n"
+    head = f"| reward | gold start | gold max | {x} at max | gold final | final {x} | drop |\n|---|---|---|---|---|---|---|\n"
     return head + "\n".join(
-        f"| {name} | {s['gold_start']:.3f} | {s['gold_max']:.3f} | {s[f'{x}_at_max']} | {s['gold_final']:.3f} | {s['drop']:.3f} |"
+        f"| {name} | {s['gold_start']:.3f} | {s['gold_max']:.3f} | {_fmt(s[f'{x}_at_max'])} | {s['gold_final']:.3f} | "
+        f"{_fmt(s[f'{x}_final'])} | {s['drop']:.3f} |"
         for name, s in summary.items()
     )
 
@@ -130,6 +136,9 @@ Per-member and ensemble curves against n and KL: [bon/bon.png](bon/bon.png).
 {chr(10).join('- ' + line for line in verdict(summary['ppo'], 'kl'))}
 
 {_table(summary['ppo'], 'kl')}
+
+Runs end at different KL: read the figure at equal KL, since a run that moves the policy less far loses less gold
+whatever its reward. A conservative objective is expected to move it less far: that is part of how it protects gold.
 
 All runs against KL and steps: [ppo/ppo_overlay.png](ppo/ppo_overlay.png).
 
