@@ -13,6 +13,7 @@ checkpoint cadence and the logged step) count PPO iterations.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,16 @@ class PPOModule(L.LightningModule):
         ids = [s if len(s) <= L_max else s[: L_max - 1] + [eos] for s in ids]
         return torch.cat([self.ensemble.score_ids(ids[i : i + bs]).cpu() for i in range(0, len(ids), bs)], dim=1)
 
+    def full_parameters(self):
+        """Sampling runs a forward per new token: under FSDP, gather the sharded weights once per rollout
+        instead of all-gathering every layer at every token. A no-op for unsharded strategies."""
+        strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
+        if type(strategy).__name__ != "FSDPStrategy":
+            return contextlib.nullcontext()
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(strategy.model, writeback=False, recurse=True)
+
     @torch.inference_mode()
     def rollout(self, instructions, inputs, generator, temperature: float, top_p: float = 1.0) -> dict:
         """Sample, score and evaluate one batch of prompts (no gradients)."""
@@ -187,9 +198,10 @@ class PPOModule(L.LightningModule):
             from rmopt.errors import RmoptError
 
             raise RmoptError(f"max_length={self.s.max_length} leaves no room for an answer after the longest prompt")
-        answer_ids = sample_ids(
-            lm, prompt_ids, tok.eos_token_id, tok.pad_token_id, budget, temperature, top_p, generator=generator
-        )
+        with self.full_parameters():
+            answer_ids = sample_ids(
+                lm, prompt_ids, tok.eos_token_id, tok.pad_token_id, budget, temperature, top_p, generator=generator
+            )
         texts, finished = decode_answers(tok, answer_ids)
         batch = {k: v.to(self.device) for k, v in rollout_tensors(prompt_ids, answer_ids, tok.pad_token_id).items()}
         out = answer_forward(lm, batch, self.policy.value_head, self.s.temperature)
