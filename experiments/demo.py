@@ -34,7 +34,7 @@ SETTINGS = {
     # full: the demo the report describes
     "full": dict(
         model="toy-small", sft_steps=1500, pairs=4000, rm_steps=400, bon_prompts=100, big_n=512,
-        ppo_steps=100, ppo_eval_every=10, ppo_singles=[1, 2, 3, 4, 5], rollout=64, ppo_lr=3e-5,
+        ppo_steps=100, ppo_eval_every=5, ppo_singles=[1, 2, 3, 4, 5], rollout=64, ppo_lr=1e-4,
     ),
 }
 
