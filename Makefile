@@ -41,7 +41,7 @@ bench: install
 	$(BIN)/python -m bench.run
 
 lint: install
-	$(BIN)/ruff check rmopt tests experiments
+	$(BIN)/ruff check rmopt tests experiments bench
 
 clean:
 	rm -rf outputs runs models data lightning_logs wandb .pytest_cache
