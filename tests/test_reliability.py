@@ -357,3 +357,31 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(
     for w in words:
         assert w in lines[0], (w, lines[0])
     assert not any(tmp_path.glob("result*")), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_ppo_killed_mid_run_resumes_to_the_same_policy(tmp_path, toy_sft_dir, capsys):
+    from rmopt.models import ModelSource
+    from rmopt.ppo import train
+    from rmopt.utils import save_hf_folder
+
+    source = ModelSource(name_or_path=str(toy_sft_dir))
+    tok = source.load_tokenizer()
+    torch.manual_seed(1)
+    save_hf_folder(tmp_path / "rm_seed1", source.load_reward_model(tok), tok)
+    args = [
+        "experiment=toy", f"model.name_or_path={toy_sft_dir}", f'proxy_rm_path="{tmp_path}/rm_seed{{seed}}"',
+        "seeds=[1]", "objective=single", "trainer.max_steps=8", "checkpoint_every=2", "eval_every=4",
+        "rollout_batch_size=8", "minibatch_size=4", "ppo_epochs=1", "max_new_tokens=12", "eval_prompts=4",
+        "sample_every=0", "logger=none", "trainer.enable_progress_bar=false",
+    ]
+    train(compose("ppo", [*args, f"output_dir={tmp_path / 'a'}"], output_dir=tmp_path / "run-a"))
+    b = tmp_path / "b"
+    kill_at_checkpoint("rmopt.ppo", [*args, f"output_dir={b}", "hydra.run.dir=run-b"], tmp_path, b / "checkpoints", 4)
+    assert not (b / "policy").exists()
+    check_checkpoints_whole(b / "checkpoints")
+    capsys.readouterr()
+    train(compose("ppo", [*args, f"output_dir={b}", "ckpt_path=last"], output_dir=tmp_path / "run-b2"))
+    assert f"resuming from {b / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out  # not a fresh start
+    assert_same_weights(tmp_path / "a" / "policy", b / "policy")
+    same = json.loads((tmp_path / "a" / "eval" / "step_000008.json").read_text())
+    assert json.loads((b / "eval" / "step_000008.json").read_text())["rows"] == same["rows"]
