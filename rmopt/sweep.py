@@ -42,6 +42,21 @@ def in_multirun() -> bool:
 
 
 def run_job(fn, cfg):
+    """Run one job (see :func:`_run_job`), then close its W&B run so the next job of a sweep starts its own."""
+    try:
+        return _run_job(fn, cfg)
+    finally:
+        finish_wandb()
+
+
+def finish_wandb() -> None:
+    """End the process's W&B run, if a logger started one (Lightning would hand it to the next job)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def _run_job(fn, cfg):
     """``fn(cfg)``; in a multirun, a failure is recorded for :class:`SweepSummary` instead of raised.
 
     In a single run, a user error (:data:`rmopt.errors.USER_ERRORS`) is printed as one line and the
@@ -93,11 +108,19 @@ def read_failures(sweep_dir) -> list[dict]:
     return sorted((json.loads(p.read_text()) for p in folder.glob("job*.json")), key=lambda f: f["job"])
 
 
+SWEEP_ID_VAR = "RMOPT_SWEEP_ID"
+
+
 class SweepSummary(Callback):
     """At the end of a multirun: a line per failed job, and exit code 1 if any failed."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
         shutil.rmtree(Path(config.hydra.sweep.dir) / FAILURES, ignore_errors=True)  # a re-run starts clean
+        # One id for every job of this sweep, read by logger/wandb.yaml's group; jobs in other processes
+        # (joblib) inherit it. Each job re-resolves ${now:...}, so a timestamp there would differ by job.
+        import datetime
+
+        os.environ[SWEEP_ID_VAR] = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
