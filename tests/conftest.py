@@ -83,3 +83,22 @@ def toy_sft_dir(tmp_path_factory):
     )
     train(cfg)
     return out
+
+
+def save_stand_in_rms(sft_dir, root, seeds=(1, 2), head_std=None):
+    """Reward-model folders ``root/rm_seed{seed}``: the SFT trunk with a head initialised from the seed.
+
+    ``head_std`` widens the heads (by default they start near zero, as rmopt-rm's do) so members disagree.
+    """
+    from rmopt.models import ModelSource
+    from rmopt.utils import save_hf_folder
+
+    source = ModelSource(name_or_path=str(sft_dir))
+    tokenizer = source.load_tokenizer()
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = source.load_reward_model(tokenizer)
+        if head_std is not None:
+            torch.nn.init.normal_(model.score.weight, std=head_std)
+        save_hf_folder(root / f"rm_seed{seed}", model, tokenizer)
+    return root

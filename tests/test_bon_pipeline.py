@@ -8,8 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from conftest import compose
+from conftest import compose, save_stand_in_rms
 
 from rmopt.bon import DEFAULT_NS, unbiased_best_of_n
 from rmopt.bon_pipeline import (
@@ -25,18 +24,7 @@ from rmopt.errors import RmoptError
 @pytest.fixture(scope="module")
 def toy_rms(tmp_path_factory, toy_sft_dir):
     """Two stand-in reward models (SFT trunk + randomly initialised heads, different seeds)."""
-    from rmopt.models import ModelSource
-    from rmopt.utils import save_hf_folder
-
-    root = tmp_path_factory.mktemp("toy-rms")
-    source = ModelSource(name_or_path=str(toy_sft_dir))
-    tokenizer = source.load_tokenizer()
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = source.load_reward_model(tokenizer)
-        torch.nn.init.normal_(model.score.weight, std=1.0)  # big enough that the members disagree
-        save_hf_folder(root / f"rm_seed{seed}", model, tokenizer)
-    return root
+    return save_stand_in_rms(toy_sft_dir, tmp_path_factory.mktemp("toy-rms"), head_std=1.0)  # members disagree
 
 
 def _bon_cfg(out, overrides=()):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import compose
+from conftest import compose, save_stand_in_rms
 
 from rmopt.modules.ppo import rollout_tensors
 from rmopt.rlhf import per_token_rewards
@@ -28,17 +28,8 @@ class LengthReward:
 
 @pytest.fixture(scope="module")
 def rm_dirs(toy_sft_dir, tmp_path_factory):
-    """Two stand-in reward models (SFT trunk, random heads, seeds 1 and 2) until rmopt-rm exists."""
-    from rmopt.models import ModelSource
-    from rmopt.utils import save_hf_folder
-
-    root = tmp_path_factory.mktemp("rms")
-    source = ModelSource(name_or_path=str(toy_sft_dir))
-    tok = source.load_tokenizer()
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        save_hf_folder(root / f"rm_seed{seed}", source.load_reward_model(tok), tok)
-    return root
+    """Two stand-in reward models (SFT trunk, random heads, seeds 1 and 2)."""
+    return save_stand_in_rms(toy_sft_dir, tmp_path_factory.mktemp("rms"))
 
 
 def ppo_cfg(toy_sft_dir, rm_dirs, out, *overrides):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose
+from conftest import TINY, compose, save_stand_in_rms
 
 TINY_ARGS = [f"model.config.{k}={v}" for k, v in TINY.items()]
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
@@ -360,14 +360,9 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(
 
 
 def test_ppo_killed_mid_run_resumes_to_the_same_policy(tmp_path, toy_sft_dir, capsys):
-    from rmopt.models import ModelSource
     from rmopt.ppo import train
-    from rmopt.utils import save_hf_folder
 
-    source = ModelSource(name_or_path=str(toy_sft_dir))
-    tok = source.load_tokenizer()
-    torch.manual_seed(1)
-    save_hf_folder(tmp_path / "rm_seed1", source.load_reward_model(tok), tok)
+    save_stand_in_rms(toy_sft_dir, tmp_path, seeds=(1,))
     args = [
         "experiment=toy", f"model.name_or_path={toy_sft_dir}", f'proxy_rm_path="{tmp_path}/rm_seed{{seed}}"',
         "seeds=[1]", "objective=single", "trainer.max_steps=8", "checkpoint_every=2", "eval_every=4",
