@@ -78,19 +78,65 @@ def supports_packing(model) -> bool:
     )
 
 
-def packed_attention(query, key, value, packing: Packing, scaling: float, dropout: float = 0.0) -> torch.Tensor:
-    """Causal attention within each packed sequence: ``[1, heads, N, d]`` in, ``[N, heads, d]`` out."""
-    p, heads, d = packing, query.size(1), query.size(3)
+# Widths up to this use plain batched-matrix-product attention (scores, causal mask, softmax): at short
+# lengths it is faster than PyTorch's fused CPU kernel, whose fixed cost per (row, head) dominates there;
+# longer rows keep the fused kernel (memory linear in the width).
+PLAIN_ATTENTION_MAX_WIDTH = 48
 
-    def spread(x):  # [1, h, N, d] -> [B, h, width, d], each sequence from position 0, zeros after it
-        flat = x[0].transpose(0, 1)
-        out = flat.new_zeros(p.rows * p.width, heads, d).index_copy(0, p.target, flat)
-        return out.view(p.rows, p.width, heads, d).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(
-        spread(query), spread(key), spread(value), dropout_p=dropout, is_causal=True, scale=scaling
-    )
-    return out.transpose(1, 2).reshape(p.rows * p.width, heads, d).index_select(0, p.target)
+@dataclass
+class _Rotary:
+    """Rotary-embedding tables for the packed tokens: ``rotate(x)`` is transformers' ``apply_rotary_pos_emb``
+    on one ``[N, heads, head_size]`` tensor (the first ``dims`` of each head turned by position)."""
+
+    cos: torch.Tensor  # [N, 1, dims]
+    sin: torch.Tensor  # [N, 1, dims], first half negated: rotate_half's sign folded in
+    dims: int
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        rot, half = x[..., : self.dims], self.dims // 2
+        turned = torch.cat([rot[..., half:], rot[..., :half]], dim=-1)  # rotate_half without its negation
+        rot = rot * self.cos + turned * self.sin
+        return rot if self.dims == x.size(-1) else torch.cat([rot, x[..., self.dims :]], dim=-1)
+
+
+def _rotary(base, packing: Packing, like: torch.Tensor) -> _Rotary:
+    cos, sin = base.rotary_emb(like, position_ids=packing.position_ids)  # [1, N, dims]
+    half = cos.size(-1) // 2
+    sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+    return _Rotary(cos[0].unsqueeze(1), sin[0].unsqueeze(1), cos.size(-1))
+
+
+def packed_attention(query, key, value, packing: Packing, scaling: float, dropout: float = 0.0,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention within each packed sequence: ``[N, heads, d]`` queries, keys and values in,
+    ``[N, heads * d]`` out (or only the tokens at ``rows``, indices into 0..N-1).
+
+    The tokens are laid out as ``[B, width]`` rows again (each sequence from position 0, zeros after it),
+    where causal attention alone keeps every real query on its own sequence; padding queries are
+    computed and dropped."""
+    p, heads, d = packing, query.size(1), query.size(2)
+
+    def spread(x):  # [N, h, d] -> [h * B, width, d]: one [width, d] block per (head, row), free to reshape
+        out = x.new_zeros(heads, p.rows * p.width, d).index_copy(1, p.target, x.transpose(0, 1))
+        return out.view(heads * p.rows, p.width, d)
+
+    q, k, v = spread(query), spread(key), spread(value)
+    if p.width <= PLAIN_ATTENTION_MAX_WIDTH:
+        causal = torch.full((p.width, p.width), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+        scores = torch.baddbmm(causal.expand(q.size(0), -1, -1), q, k.transpose(1, 2), alpha=scaling)
+        probs = scores.softmax(-1) if scores.dtype == torch.float32 else scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+        if dropout > 0.0:
+            probs = F.dropout(probs, p=dropout, training=True)
+        out = torch.bmm(probs, v)
+    else:
+        def rows4(x):  # [B, h, width, d] views
+            return x.view(heads, p.rows, p.width, d).transpose(0, 1)
+
+        out = F.scaled_dot_product_attention(rows4(q), rows4(k), rows4(v), dropout_p=dropout, is_causal=True, scale=scaling)
+        out = out.transpose(0, 1)
+    out = out.reshape(heads, p.rows * p.width, d).transpose(0, 1)  # [B * width, h, d]
+    return out.index_select(0, p.target if rows is None else p.target[rows]).view(-1, heads * d)
 
 
 def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,22 +148,18 @@ def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep:
     states are the same; an RM reads one token per sequence, SFT only the tokens that predict answer tokens.
     Follows ``GPTNeoXModel.forward`` (no cache, no mask, the layers' own modules and dropouts).
     """
-    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
-
     base = model.base_model
-    hidden = base.emb_dropout(base.embed_in(packing.take(input_ids).unsqueeze(0)))  # [1, N, hidden]
-    position_embeddings = base.rotary_emb(hidden, position_ids=packing.position_ids)
+    hidden = base.emb_dropout(base.embed_in(packing.take(input_ids)))  # [N, hidden]
+    rotary = _rotary(base, packing, hidden)
     last = len(base.layers) - 1
     for i, layer in enumerate(base.layers):  # GPTNeoXLayer.forward
         rows = keep if i == last else None
-        attention, n = layer.attention, hidden.size(1)
+        attention = layer.attention
         qkv = attention.query_key_value(layer.input_layernorm(hidden))
-        query, key, value = qkv.view(1, n, -1, 3 * attention.head_size).transpose(1, 2).chunk(3, dim=-1)
-        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        query, key, value = qkv.view(qkv.size(0), -1, 3, attention.head_size).unbind(2)
         dropout = attention.attention_dropout if attention.training else 0.0
-        out = packed_attention(query, key, value, packing, attention.scaling, dropout)  # [N, heads, d]
-        residual = hidden if rows is None else hidden[0, rows]
-        out = out.reshape(1, n, -1) if rows is None else out[rows].reshape(rows.numel(), -1)
+        out = packed_attention(rotary.rotate(query), rotary.rotate(key), value, packing, attention.scaling, dropout, rows)
+        residual = hidden if rows is None else hidden[rows]
         attn_output = layer.post_attention_dropout(attention.dense(out))
         if layer.use_parallel_residual:
             mlp_output = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(residual)))
@@ -125,8 +167,7 @@ def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep:
         else:
             attn_output = attn_output + residual
             hidden = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn_output))) + attn_output
-    hidden = base.final_layer_norm(hidden)
-    return hidden[0] if keep is None else hidden
+    return base.final_layer_norm(hidden)
 
 
 def _plain_gpt_neox(base) -> bool:

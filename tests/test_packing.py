@@ -12,15 +12,16 @@ from rmopt.ensemble import last_token_scores
 from rmopt.losses import IGNORE_INDEX, sft_loss
 from rmopt.modules.common import fused_on_cpu
 from rmopt.modules.sft import SFTModule
+from rmopt import packing
 from rmopt.packing import pack, packed_hidden_states, supports_packing
 
 SEQS = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 12, 13], [20, 21, 22, 23]]
 
 
-def config(parallel: bool = True) -> GPTNeoXConfig:
+def config(parallel: bool = True, rotary_pct: float = 0.5) -> GPTNeoXConfig:
     return GPTNeoXConfig(
         vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, rotary_pct=0.5, use_parallel_residual=parallel, pad_token_id=0,
+        max_position_embeddings=64, rotary_pct=rotary_pct, use_parallel_residual=parallel, pad_token_id=0,
         hidden_dropout=0.0, attention_dropout=0.0,
     )
 
@@ -40,11 +41,16 @@ def test_pack_lists_real_tokens_with_their_positions():
     assert pack(torch.tensor([[1, 1], [0, 0]])) is None  # an empty row
 
 
-@pytest.mark.parametrize("parallel", [True, False])
-@pytest.mark.parametrize("side", ["right", "left"])
-def test_packed_scores_and_gradients_match_the_padded_forward(parallel, side):
+@pytest.mark.parametrize(
+    ("parallel", "side", "rotary_pct", "fused_attention"),
+    [(True, "right", 0.5, False), (False, "right", 0.5, False), (True, "left", 0.25, False),
+     (False, "left", 1.0, False), (True, "right", 0.5, True), (False, "left", 0.25, True)],
+)
+def test_packed_scores_and_gradients_match_the_padded_forward(parallel, side, rotary_pct, fused_attention, monkeypatch):
+    if fused_attention:  # the long-row path: PyTorch's fused attention kernel instead of the plain one
+        monkeypatch.setattr(packing, "PLAIN_ATTENTION_MAX_WIDTH", 0)
     torch.manual_seed(0)
-    model = GPTNeoXForSequenceClassification(config(parallel)).train()
+    model = GPTNeoXForSequenceClassification(config(parallel, rotary_pct)).train()
     assert supports_packing(model)
     ids, mask = batch(SEQS, side)
     ours = last_token_scores(model, ids, mask)
