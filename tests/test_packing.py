@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
 
+from rmopt import packing
 from rmopt.data.collate import SFTCollator, pad, padding_mask
 from rmopt.ensemble import last_token_scores
 from rmopt.losses import IGNORE_INDEX, sft_loss
 from rmopt.modules.common import fused_on_cpu
 from rmopt.modules.sft import SFTModule
-from rmopt import packing
 from rmopt.packing import pack, packed_hidden_states, supports_packing
 
 SEQS = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 12, 13], [20, 21, 22, 23]]
