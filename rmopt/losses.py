@@ -14,10 +14,16 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     ``labels`` holds token ids on answer tokens and ``IGNORE_INDEX`` on prompt and padding, aligned
     with the inputs (the shift happens here). Returns (mean loss, number of answer tokens).
     """
-    shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
+    shift_logits = logits[:, :-1].reshape(-1, logits.size(-1))
     shift_labels = labels[:, 1:].reshape(-1)
-    n_tokens = (shift_labels != IGNORE_INDEX).sum()
-    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return answer_token_loss(shift_logits, shift_labels)
+
+
+def answer_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of ``[M, vocab]`` logits against ``[M]`` next-token ids, summed over the targets that are
+    not ``IGNORE_INDEX`` and divided by their number (1 if none). Returns (mean loss, number counted)."""
+    n_tokens = (targets != IGNORE_INDEX).sum()
+    loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss / n_tokens.clamp(min=1), n_tokens
 
 

@@ -41,19 +41,26 @@ class Packing:
         return x.reshape(-1, *x.shape[2:])[self.source]
 
 
-def pack(attention_mask: torch.Tensor) -> Packing | None:
-    """The packing of a batch whose rows are each one run of ones (right or left padding); None otherwise."""
+def pack(attention_mask: torch.Tensor, drop_last: bool = False) -> Packing | None:
+    """The packing of a batch whose rows are each one run of ones (right or left padding); None otherwise.
+
+    ``drop_last`` leaves out each row's last token (for next-token losses, where it predicts nothing and,
+    coming last, is no other token's key); None if that empties a row."""
     mask = attention_mask.bool()
     if mask.dim() != 2 or mask.size(0) == 0:
         return None
     lengths = mask.sum(1)
-    if bool((lengths == 0).any()):
+    if bool((lengths <= int(drop_last)).any()):
         return None
     # one contiguous run per row: the first and last ones are lengths - 1 apart
     first = mask.int().argmax(1)
     last_col = mask.size(1) - 1 - mask.flip(1).int().argmax(1)
     if not bool((last_col - first + 1 == lengths).all()):
         return None
+    if drop_last:
+        mask = mask.clone()
+        mask[torch.arange(mask.size(0), device=mask.device), last_col] = False
+        lengths = lengths - 1
     rows, width = mask.size(0), int(lengths.max())
     source = mask.flatten().nonzero().squeeze(1)
     ends = lengths.cumsum(0)

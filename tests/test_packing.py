@@ -37,6 +37,11 @@ def test_pack_lists_real_tokens_with_their_positions():
     assert p.position_ids.tolist() == [[0, 1, 2, 0, 0, 1]]
     assert p.last.tolist() == [2, 3, 5] and (p.rows, p.width) == (3, 3)
     assert p.target.tolist() == [0, 1, 2, 3, 6, 7]  # row * width + position
+    assert pack(mask, drop_last=True) is None  # without its last token, the row [4] would be empty
+    ids, mask = batch([[1, 2, 3], [4, 7], [5, 6]], side="left")
+    trimmed = pack(mask, drop_last=True)  # each row without its last token
+    assert trimmed.take(ids).tolist() == [1, 2, 4, 5] and trimmed.source.tolist() == [0, 1, 4, 7]
+    assert trimmed.position_ids.tolist() == [[0, 1, 0, 0]] and (trimmed.rows, trimmed.width) == (3, 2)
     assert pack(torch.tensor([[1, 0, 1]])) is None  # a hole: not one run of tokens
     assert pack(torch.tensor([[1, 1], [0, 0]])) is None  # an empty row
 
@@ -83,7 +88,7 @@ def test_sft_loss_of_the_answer_tokens_matches_the_padded_loss():
     rows = [{"input_ids": s, "labels": [IGNORE_INDEX] * (len(s) // 2) + s[len(s) // 2 :]} for s in SEQS]
     b = SFTCollator(0)(rows)
     module = SFTModule(model, None, optimizer=None)
-    loss, n = sft_loss(*module.loss_inputs(b))
+    loss, n = module.loss(b)
     ref, n_ref = sft_loss(module(b["input_ids"], b["attention_mask"]), b["labels"])
     # answer tokens predicted: each row's labelled tokens after its first
     assert int(n) == int(n_ref) == sum(len(s) - len(s) // 2 for s in SEQS)

@@ -219,15 +219,15 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
     from rmopt.errors import RmoptError
     from rmopt.sft import train
 
-    real = sft_module.sft_loss
+    real = sft_module.SFTModule.loss
 
-    def poisoned(logits, labels):  # nan from the 8th training step on
-        loss, n = real(logits, labels)
+    def poisoned(self, batch):  # nan from the 8th training step on
+        loss, n = real(self, batch)
         step = poisoned.trainer.global_step if poisoned.trainer is not None else 0
-        return (loss * math.nan if logits.requires_grad and step >= 7 else loss), n
+        return (loss * math.nan if loss.requires_grad and step >= 7 else loss), n
 
     poisoned.trainer = None
-    monkeypatch.setattr(sft_module, "sft_loss", poisoned)
+    monkeypatch.setattr(sft_module.SFTModule, "loss", poisoned)
     original_fit = sft_module.SFTModule.on_fit_start
 
     def on_fit_start(self):

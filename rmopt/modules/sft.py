@@ -7,7 +7,7 @@ import torch
 import torchmetrics
 
 from rmopt.generation import generate_answers
-from rmopt.losses import IGNORE_INDEX, sft_loss
+from rmopt.losses import IGNORE_INDEX, answer_token_loss, sft_loss
 from rmopt.modules.common import configure_optimizer, fused_on_cpu, log_samples, logs_this_step
 from rmopt.packing import pack, packed_hidden_states, supports_packing
 
@@ -24,38 +24,32 @@ class SFTModule(L.LightningModule):
     def forward(self, input_ids, attention_mask):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def loss_inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, labels) for :func:`sft_loss`: the padded batch's, or, when the model can run on packed real
-        tokens (:mod:`rmopt.packing`), only what the loss reads: each sequence without its last token (which
-        predicts nothing and is no earlier token's key) through the model, and the LM head on the K positions
-        that predict an answer token, laid out as one row [1, K + 1] that sft_loss's one-token shift pairs up
-        (position j's logits with label j + 1; the last logits row is never read). Same loss either way."""
+    def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean next-token loss over answer tokens, number of answer tokens), as :func:`sft_loss` gives them.
+
+        When the model can run on packed real tokens (:mod:`rmopt.packing`) it computes only what the loss
+        reads: each sequence without its last token through the model, and the LM head on the K positions
+        whose next token is an answer token. Otherwise on the padded batch. Same loss either way."""
         input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         head = self.model.get_output_embeddings() if supports_packing(self.model) else None
-        whole = pack(attention_mask) if isinstance(head, torch.nn.Linear) else None
-        packing = None
-        if whole is not None:
-            trimmed = attention_mask.clone()
-            trimmed.view(-1)[whole.source[whole.last]] = 0
-            packing = pack(trimmed)
+        packing = pack(attention_mask, drop_last=True) if isinstance(head, torch.nn.Linear) else None
         if packing is None:
-            return self(input_ids, attention_mask), labels
-        next_labels = torch.cat([labels[:, 1:], labels.new_full((labels.size(0), 1), IGNORE_INDEX)], dim=1)
-        target = packing.take(next_labels)
+            return sft_loss(self(input_ids, attention_mask), labels)
+        # the label each packed token predicts: the next token of its row (never past it: last tokens dropped)
+        target = labels.reshape(-1)[packing.source + 1]
         keep = (target != IGNORE_INDEX).nonzero().squeeze(1)
         logits = head(packed_hidden_states(self.model, input_ids, packing, keep=keep))  # [K, vocab]
-        logits = torch.cat([logits, logits.new_zeros(1, logits.size(1))]).unsqueeze(0)
-        return logits, torch.cat([target.new_full((1,), IGNORE_INDEX), target[keep]]).unsqueeze(0)
+        return answer_token_loss(logits, target[keep])
 
     def training_step(self, batch, batch_idx):
-        loss, n_tokens = sft_loss(*self.loss_inputs(batch))
+        loss, n_tokens = self.loss(batch)
         if logs_this_step(self):
             self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
             self.log("train/tokens", n_tokens.float(), reduce_fx="sum", batch_size=1)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, n_tokens = sft_loss(*self.loss_inputs(batch))
+        loss, n_tokens = self.loss(batch)
         self.val_loss.update(loss, weight=n_tokens)  # token-weighted, so the epoch value is per token
 
     def on_validation_epoch_end(self):
