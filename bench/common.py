@@ -242,6 +242,19 @@ def write_results(results: list[Result], out_dir: Path, header: dict, update: bo
     return json_path, md_path
 
 
+def render_results(out_dir: Path) -> Path:
+    """Rewrite ``out_dir``/RESULTS.md from its results.json and header (after bench/NOTES.md changed)."""
+    from rmopt.utils import atomic_write_text
+
+    json_path, md_path = out_dir / "results.json", out_dir / "RESULTS.md"
+    if not json_path.is_file():
+        raise FileNotFoundError(f"no results.json in {out_dir}; run the benchmarks there first")
+    results = [Result(**r) for r in json.loads(json_path.read_text())]
+    header = read_header(md_path) if md_path.exists() else {}
+    atomic_write_text(md_path, markdown(results, header))
+    return md_path
+
+
 def read_header(md_path: Path) -> dict:
     """The ``- **key**: value`` lines at the top of a RESULTS.md written by :func:`markdown`."""
     header = {}

@@ -6,6 +6,7 @@ created on first use: trl 0.29.1 is the last line with a PPO trainer) as subproc
 
     python -m bench.run                       # everything, toy-small (~1M params), ~15 min on 2 cores
     python -m bench.run --only rm,sft --reps 1
+    python -m bench.run --model pythia-70m-shape --out bench/pythia-70m-shape   # Pythia-70M's trunk, ~20 min
     python -m bench.run --quick --no-peers --out /tmp/b   # the smoke test's sizes
 """
 
@@ -17,11 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.common import (
     BENCH_DIR,
+    MODELS,
     Result,
     machine_line,
     make_assets,
@@ -29,6 +31,7 @@ from bench.common import (
     median,
     pin_threads,
     ratio_of,
+    render_results,
     run_peer,
     timed,
     trl_python,
@@ -63,6 +66,12 @@ class Sizes:
     gen_new_tokens: int = 32
     gen_batch: int = 64
 
+
+# Larger models: fewer timed steps (each is seconds long), so the run stays within about 20 minutes.
+MODEL_SIZES = {
+    "pythia-70m-shape": dict(reps=2, train_warmup=2, train_steps=8, ppo_warmup=1, ppo_steps=3, score_answers=256,
+                             gen_prompts=2),
+}
 
 QUICK = Sizes(
     model="tiny", reps=1, bon_P=6, bon_N=64, bon_ref_prompts=(1, 2), memory_seeds=1, score_answers=12, score_batch=8,
@@ -367,16 +376,26 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(BENCH_DIR), help="folder for results.json and RESULTS.md")
     parser.add_argument("--update", action="store_true", help="replace only these rows in the results files already there")
     parser.add_argument("--note", default=None, help="a line for RESULTS.md's header (what changed)")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite --out's RESULTS.md from its results.json (after editing NOTES.md)")
     args = parser.parse_args(argv)
+    if args.render:
+        try:
+            print(f"wrote {render_results(Path(args.out))}")
+        except FileNotFoundError as e:
+            parser.error(str(e))
+        return 0
     only = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = sorted(set(only) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; expected some of {list(BENCHMARKS)}")
     sizes = QUICK if args.quick else Sizes()
+    if args.model is not None:
+        if args.model not in MODELS:
+            parser.error(f"unknown model {args.model!r}; expected one of {sorted(m for m in MODELS if m != 'tiny')}")
+        sizes = replace(sizes, model=args.model, **MODEL_SIZES.get(args.model, {}))
     if args.reps is not None:
         sizes.reps = args.reps
-    if args.model is not None:
-        sizes.model = args.model
     pin_threads()
     from rmopt.utils import quiet_third_party
 

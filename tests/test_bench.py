@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is a top-level package beside rmopt/
 
-from bench.common import Result, markdown, ratio_of, write_results
+from bench.common import Result, markdown, ratio_of, render_results, write_results
 
 
 def test_ratio_means_rmopt_is_better_above_one():
@@ -42,6 +42,12 @@ def test_results_files(tmp_path):
     md = md_path.read_text()
     assert "- **made**: now" in md and "- **updated (a, c)**: later" in md and "- **update: note**: faster" in md
     assert "| a | 1.00 | 4.00 | s | 4.00 |" in md and "| b | 10.00 |" in md
+    # --render: RESULTS.md again from results.json, header kept
+    md_path.write_text(md.replace("| b | 10.00 |", "| b | garbled |"))
+    render_results(tmp_path)
+    assert md_path.read_text() == md
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        render_results(tmp_path / "empty")
 
 
 @pytest.mark.parametrize(
