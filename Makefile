@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo demo-quick studies test test-full bench lint clean
+.PHONY: test-gpu install demo demo-quick studies test test-full bench lint clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ test: install
 
 test-full: install
 	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
+
+test-gpu: install  # on a machine with a CUDA GPU (TORCH_SPEC=torch for a CUDA build): bf16, FSDP, CUDA forward
+	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -85,6 +85,8 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
+    if generator is not None and generator.device != probs.device:  # e.g. a CPU generator for a GPU model
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from rmopt.errors import RmoptError, cli_errors
+from rmopt.models import is_sharded
 from rmopt.stage import CONFIG_PATH, already_done, build_trainer, prepare, resolve_ckpt_path, save_run_config
 from rmopt.sweep import run_job
 
@@ -93,6 +94,12 @@ def train(cfg: DictConfig, ensemble=None) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=".*(pre-optimization state|module\\(s\\) in eval mode).*")
     output_dir = Path(cfg.output_dir)
     ckpt_dir = output_dir / "checkpoints"
+    trainer = build_trainer(cfg, ckpt_dir)
+    if is_sharded(trainer.strategy):
+        raise RmoptError(
+            f"trainer strategy {type(trainer.strategy).__name__} is not supported by rmopt-ppo: its several updates "
+            "per PPO step cannot run inside one sharded forward; expected trainer=cpu, gpu or ddp"
+        )
     data = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg, ensemble, data)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, ckpt_dir, cfg.get("resume", False))
@@ -100,8 +107,9 @@ def train(cfg: DictConfig, ensemble=None) -> dict[str, float]:
         for stale in [*(output_dir / "eval").glob("step_*.json"), output_dir / "results.json"]:
             stale.unlink(missing_ok=True)
     save_run_config(cfg, output_dir)
-    trainer = build_trainer(cfg, ckpt_dir)
     trainer.fit(module, ckpt_path=ckpt_path)
+    if not trainer.is_global_zero:  # under ddp every process holds the same policy: one writes
+        return {"step": float(module.global_step)}
     save_policy(output_dir / "policy", module.policy, module.tokenizer)
     if cfg.gold_eval:
         score_gold(output_dir, load_gold(cfg, data), cfg.get("gold_batch_size"))

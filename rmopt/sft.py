@@ -56,10 +56,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     output_dir = Path(cfg.output_dir)
     ckpt_dir = output_dir / "checkpoints"
-    trainer = build_trainer(cfg, ckpt_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, ckpt_dir, cfg.get("resume", False))
-    if ckpt_path is None:
-        trainer.validate(module, datamodule=data, verbose=False)  # the starting point of the loss curve
+    # a fresh run's first validation (the curve's starting point) is fit's sanity check over the whole
+    # validation set, which SFTModule records: a validate() before fit would leave FSDP's layer wrappers
+    # in place, and fit would then not wrap the root (whose parameters then go unsynchronised)
+    trainer = build_trainer(cfg, ckpt_dir, num_sanity_val_steps=-1 if ckpt_path is None else 0)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     trainer.validate(module, datamodule=data, verbose=False)
     model.eval()

@@ -35,8 +35,9 @@ def build_loggers(cfg: DictConfig) -> list:
     return [hydra.utils.instantiate(c) for c in cfg.logger.values() if c is not None and "_target_" in c]
 
 
-def build_trainer(cfg: DictConfig, ckpt_dir: str | os.PathLike | None, extra_callbacks=()):
-    """The Lightning Trainer of ``cfg.trainer``, with step checkpoints (and ``last.ckpt``) in ``ckpt_dir``.
+def build_trainer(cfg: DictConfig, ckpt_dir: str | os.PathLike | None, extra_callbacks=(), **overrides):
+    """The Lightning Trainer of ``cfg.trainer`` (``overrides``: Trainer arguments set by the stage), with step
+    checkpoints (and ``last.ckpt``) in ``ckpt_dir``.
 
     Checkpoints are written whole (temporary name, then rename), carry the global RNG states, and a
     non-finite loss stops training before it reaches the weights or a checkpoint.
@@ -62,7 +63,7 @@ def build_trainer(cfg: DictConfig, ckpt_dir: str | os.PathLike | None, extra_cal
         callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_every", 10))))
     loggers = build_loggers(cfg)
     extra = {"plugins": plugins} if plugins else {}
-    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **extra)
+    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **extra, **overrides)
 
 
 def _checkpoint_class(base):

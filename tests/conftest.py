@@ -85,6 +85,28 @@ def toy_sft_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory):
+    """Toy preference pairs without sampling: the reference answer against a wrong one."""
+    import datasets
+
+    from rmopt.data.sources import ToyData
+
+    toy = ToyData(sizes={"sft": 96, "preference": 8, "unlabeled": 8, "val": 24}, seed=0)
+    splits = {}
+    for name, split in (("train", "sft"), ("validation", "val")):
+        ds = toy.instructions(split)
+        wrong = ["no"] * len(ds)
+        prefs = [i % 2 for i in range(len(ds))]
+        answers = [[o, w] if p == 0 else [w, o] for o, w, p in zip(ds["output"], wrong, prefs, strict=True)]
+        splits[name] = datasets.Dataset.from_dict(
+            {"instruction": ds["instruction"], "input": ds["input"], "answers": answers, "preference": prefs}
+        )
+    path = tmp_path_factory.mktemp("pairs") / "pairs"
+    datasets.DatasetDict(splits).save_to_disk(str(path))
+    return path
+
+
 def save_stand_in_rms(sft_dir, root, seeds=(1, 2), head_std=None):
     """Reward-model folders ``root/rm_seed{seed}``: the SFT trunk with a head initialised from the seed.
 

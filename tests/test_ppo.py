@@ -257,32 +257,3 @@ def test_a_fresh_run_in_an_old_folder_drops_the_old_eval_files(toy_sft_dir, rm_d
     assert sorted(f.name for f in (out / "eval").glob("step_*.json")) == ["step_000000.json", "step_000002.json"]
     points = json.loads((out / "results.json").read_text())["points"]
     assert [p["step"] for p in points] == [0, 2]
-
-
-def test_sampling_gathers_sharded_weights_once_per_rollout_under_fsdp(monkeypatch):
-    """Under FSDP the rollout samples inside summon_full_params (no all-gather per token); elsewhere nothing."""
-    import contextlib
-
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    from rmopt.modules.ppo import PPOModule
-
-    calls = []
-
-    @contextlib.contextmanager
-    def fake_summon(model, writeback=True, recurse=True):
-        calls.append((model, writeback, recurse))
-        yield
-
-    monkeypatch.setattr(FullyShardedDataParallel, "summon_full_params", staticmethod(fake_summon))
-    module = PPOModule.__new__(PPOModule)
-    torch.nn.Module.__init__(module)
-    module._trainer = None
-    with module.full_parameters():
-        pass
-    assert calls == []
-    FSDPStrategy = type("FSDPStrategy", (), {"model": "wrapped"})  # the strategy's name is what is checked
-    module._trainer = type("T", (), {"strategy": FSDPStrategy()})()
-    with module.full_parameters():
-        pass
-    assert calls == [("wrapped", False, True)]

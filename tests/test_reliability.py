@@ -66,28 +66,6 @@ def run_main(main, argv, monkeypatch, capsys):
     return code, out.out, out.err
 
 
-@pytest.fixture(scope="module")
-def pairs_dir(tmp_path_factory):
-    """Toy preference pairs without sampling: the reference answer against a wrong one."""
-    import datasets
-
-    from rmopt.data.sources import ToyData
-
-    toy = ToyData(sizes={"sft": 96, "preference": 8, "unlabeled": 8, "val": 24}, seed=0)
-    splits = {}
-    for name, split in (("train", "sft"), ("validation", "val")):
-        ds = toy.instructions(split)
-        wrong = ["no"] * len(ds)
-        prefs = [i % 2 for i in range(len(ds))]
-        answers = [[o, w] if p == 0 else [w, o] for o, w, p in zip(ds["output"], wrong, prefs, strict=True)]
-        splits[name] = datasets.Dataset.from_dict(
-            {"instruction": ds["instruction"], "input": ds["input"], "answers": answers, "preference": prefs}
-        )
-    path = tmp_path_factory.mktemp("pairs") / "pairs"
-    datasets.DatasetDict(splits).save_to_disk(str(path))
-    return path
-
-
 # ------------------------------------------------------------------------------------ kill -9 and resume
 
 
@@ -185,6 +163,27 @@ def test_sampler_order_depends_on_seed_and_epoch_and_skips_consumed_batches():
     step["n"] = 5  # epoch 1, two batches done: the rest of epoch 1
     assert list(s) == s.order(1)[6:]
     assert ResumableSampler(10, 3, seed=8, drop_last=True).order(0) != epoch0
+
+
+def test_sampler_shards_each_epoch_over_processes_and_resumes_each_share():
+    from torch.utils.data import DistributedSampler
+
+    from rmopt.data.sampler import ResumableSampler
+
+    step = {"n": 0}
+    shards = [ResumableSampler(10, 2, seed=7, drop_last=True, consumed=lambda: step["n"], num_replicas=3, rank=r)
+              for r in range(3)]
+    assert isinstance(shards[0], DistributedSampler)  # so Lightning keeps it instead of wrapping it
+    full = ResumableSampler(10, 2, seed=7, drop_last=True).order(0)
+    padded = full + full[:2]  # 12 = 3 processes x 4 rows
+    assert [list(s) for s in shards] == [padded[r::3] for r in range(3)]
+    assert all(len(s) == 4 and s.batches_per_epoch == 2 for s in shards)
+    step["n"] = 3  # epoch 1, one batch of each share done
+    assert [list(s) for s in shards] == [s.order(1)[2:] for s in shards]
+    assert sorted(sum((s.order(1) for s in shards), [])) == sorted(
+        ResumableSampler(10, 2, seed=7, drop_last=True).order(1) + ResumableSampler(10, 2, 7, True).order(1)[:2])
+    with pytest.raises(ValueError, match="rank 3 is not in 0..2"):
+        ResumableSampler(10, 2, 7, True, num_replicas=3, rank=3)
 
 
 # ------------------------------------------------------------------------------------ reruns, determinism

@@ -38,6 +38,41 @@ def fused_on_cpu(optimizer_factory):
     return factory
 
 
+def clip_gradients(module, optimizer, max_norm: float | None, algorithm: str | None = "norm") -> None:
+    """Lightning's gradient clipping, except under FSDP, whose precision plugin refuses clipping by norm
+    (the plain ``clip_grad_norm_`` would see one shard's norm): there the FSDP root module clips by the
+    norm over all shards."""
+    if not max_norm:
+        return
+    root = _fsdp_root(module) if algorithm in (None, "norm") else None
+    if root is not None:
+        root.clip_grad_norm_(float(max_norm))
+    else:
+        module.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm=algorithm)
+
+
+class ShardAwareClipping:
+    """Mixin for LightningModules with automatic optimisation: ``trainer.gradient_clip_val`` clips by the
+    global norm under FSDP too (see :func:`clip_gradients`)."""
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def _fsdp_root(module):
+    """The outermost FSDP module wrapping ``module`` during training, or None (no FSDP)."""
+    strategy = getattr(getattr(module, "_trainer", None), "strategy", None)
+    if strategy is None or "FSDP" not in type(strategy).__name__:
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    for model in (getattr(strategy, "model", None), module):
+        for m in model.modules() if model is not None else ():
+            if isinstance(m, FullyShardedDataParallel):
+                return m
+    return None
+
+
 def logs_this_step(module) -> bool:
     """Whether Lightning writes this training step's logged values (every ``log_every_n_steps``): on other steps
     the values of ``self.log`` are overwritten unseen, and skipping the call saves its bookkeeping (a few

@@ -13,7 +13,6 @@ checkpoint cadence and the logged step) count PPO iterations.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 from rmopt.data.collate import pad
 from rmopt.generation import decode_answers, encode_prompts, sample_ids
-from rmopt.modules.common import configure_optimizer, log_samples
+from rmopt.modules.common import clip_gradients, configure_optimizer, log_samples
 from rmopt.rlhf import (
     AdaptiveKLController,
     FixedKLController,
@@ -178,16 +177,6 @@ class PPOModule(L.LightningModule):
         ids = [s if len(s) <= L_max else s[: L_max - 1] + [eos] for s in ids]
         return torch.cat([self.ensemble.score_ids(ids[i : i + bs]).cpu() for i in range(0, len(ids), bs)], dim=1)
 
-    def full_parameters(self):
-        """Sampling runs a forward per new token: under FSDP, gather the sharded weights once per rollout
-        instead of all-gathering every layer at every token. A no-op for unsharded strategies."""
-        strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
-        if type(strategy).__name__ != "FSDPStrategy":
-            return contextlib.nullcontext()
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        return FullyShardedDataParallel.summon_full_params(strategy.model, writeback=False, recurse=True)
-
     @torch.inference_mode()
     def rollout(self, instructions, inputs, generator, temperature: float, top_p: float = 1.0) -> dict:
         """Sample, score and evaluate one batch of prompts (no gradients)."""
@@ -198,10 +187,9 @@ class PPOModule(L.LightningModule):
             from rmopt.errors import RmoptError
 
             raise RmoptError(f"max_length={self.s.max_length} leaves no room for an answer after the longest prompt")
-        with self.full_parameters():
-            answer_ids = sample_ids(
-                lm, prompt_ids, tok.eos_token_id, tok.pad_token_id, budget, temperature, top_p, generator=generator
-            )
+        answer_ids = sample_ids(
+            lm, prompt_ids, tok.eos_token_id, tok.pad_token_id, budget, temperature, top_p, generator=generator
+        )
         texts, finished = decode_answers(tok, answer_ids)
         batch = {k: v.to(self.device) for k, v in rollout_tensors(prompt_ids, answer_ids, tok.pad_token_id).items()}
         out = answer_forward(lm, batch, self.policy.value_head, self.s.temperature)
@@ -221,10 +209,14 @@ class PPOModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, _batch, batch_idx):
         s, step = self.s, self.global_step
+        # the first and last evaluations run here, inside the training step (the wrapped model's forward
+        # under distributed strategies), rather than in on_train_start/on_train_end
+        if step == 0 and not self.eval_path(0).exists():
+            self.evaluate(0)
         start = time.perf_counter()
         self.policy.eval()  # no dropout: the ratio must be exactly 1 before the first update
         self.reference.eval()
-        generator = torch.Generator().manual_seed(_seed(self.seed, step, 1))
+        generator = torch.Generator(device=self.device).manual_seed(_seed(self.seed, step, 1))
         instructions, inputs = self.prompt_batch(step)
         r = self.rollout(instructions, inputs, generator, s.temperature)
         batch, mask = r["batch"], r["batch"]["answer_mask"]
@@ -254,7 +246,7 @@ class PPOModule(L.LightningModule):
             opt.zero_grad()
             self.manual_backward(loss)
             if s.max_grad_norm:
-                self.clip_gradients(opt, gradient_clip_val=s.max_grad_norm, gradient_clip_algorithm="norm")
+                clip_gradients(self, opt, s.max_grad_norm)
             if u == len(updates) - 1:
                 opt.step()  # counted by Lightning: one global step per PPO iteration
             else:
@@ -297,7 +289,8 @@ class PPOModule(L.LightningModule):
                 ],
             )
         self.history.append({"step": step, "proxy": float(metrics["reward/proxy"]), "kl": float(kls["k1"])})
-        if s.eval_every and (step + 1) % s.eval_every == 0:
+        last = self.trainer.max_steps is not None and step + 1 == self.trainer.max_steps
+        if (s.eval_every and (step + 1) % s.eval_every == 0) or (last and not self.eval_path(step + 1).exists()):
             self.evaluate(step + 1)
 
     # ------------------------------------------------------------------ evaluation
@@ -310,7 +303,7 @@ class PPOModule(L.LightningModule):
             return None
         was_training = self.policy.training
         self.policy.eval()
-        generator = torch.Generator().manual_seed(_seed(self.seed, 7))  # the same noise at every eval
+        generator = torch.Generator(device=self.device).manual_seed(_seed(self.seed, 7))  # the same noise at every eval
         rows_out, members = [], []
         ev = self.eval_prompts
         for start in range(0, len(ev), self.s.rollout_batch_size):
@@ -360,10 +353,8 @@ class PPOModule(L.LightningModule):
     def on_train_start(self):
         self.ensemble.models = [m.to(self.device) for m in self.ensemble.models]
         self.ensemble.device = self.device
-        if self.global_step == 0 and not self.eval_path(0).exists():
-            self.evaluate(0)
 
-    def on_train_end(self):
+    def on_train_end(self):  # a run stopped before max_steps (the last step evaluates inside training_step)
         if not self.eval_path(self.global_step).exists():
             self.evaluate(self.global_step)
 

@@ -8,7 +8,7 @@ import torchmetrics
 
 from rmopt.ensemble import last_token_scores
 from rmopt.losses import reward_pair_loss
-from rmopt.modules.common import configure_optimizer, fused_on_cpu, logs_this_step
+from rmopt.modules.common import ShardAwareClipping, configure_optimizer, fused_on_cpu, logs_this_step
 
 
 def init_score_head(model, heads: int, seed: int, std: float = 0.02) -> None:
@@ -52,7 +52,7 @@ def multi_head_pair_loss(scores: torch.Tensor, counts: torch.Tensor, l2_coef: fl
     return losses.sum(), losses.detach(), torch.stack(accs)
 
 
-class RewardModule(L.LightningModule):
+class RewardModule(ShardAwareClipping, L.LightningModule):
     def __init__(self, model, optimizer, warmup_steps: int = 0, l2_coef: float = 0.001):
         super().__init__()
         self.model = model

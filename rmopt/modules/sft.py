@@ -8,11 +8,17 @@ import torchmetrics
 
 from rmopt.generation import generate_answers
 from rmopt.losses import IGNORE_INDEX, answer_token_loss, sft_loss
-from rmopt.modules.common import configure_optimizer, fused_on_cpu, log_samples, logs_this_step
+from rmopt.modules.common import (
+    ShardAwareClipping,
+    configure_optimizer,
+    fused_on_cpu,
+    log_samples,
+    logs_this_step,
+)
 from rmopt.packing import pack, packed_hidden_states, supports_packing
 
 
-class SFTModule(L.LightningModule):
+class SFTModule(ShardAwareClipping, L.LightningModule):
     def __init__(self, model, tokenizer, optimizer, warmup_steps: int = 0, sample_prompts=None, sample_tokens: int = 48):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
@@ -55,9 +61,15 @@ class SFTModule(L.LightningModule):
     def on_validation_epoch_end(self):
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/perplexity", torch.exp(loss))
-        if not self.trainer.sanity_checking and not any(h["step"] == self.global_step for h in self.history):
+        if self.trainer.sanity_checking:  # Lightning drops what is logged here: the starting point goes out directly
+            if self.global_step != 0 or self.history:
+                return
+            for logger in self.loggers:
+                logger.log_metrics({"val/loss": float(loss), "val/perplexity": float(torch.exp(loss))}, step=0)
+        else:
+            self.log("val/loss", loss, prog_bar=True)
+            self.log("val/perplexity", torch.exp(loss))
+        if not any(h["step"] == self.global_step for h in self.history):
             self.history.append({"step": self.global_step, "val_loss": float(loss)})
             self._log_samples()
 
