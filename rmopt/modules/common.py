@@ -60,17 +60,15 @@ class ShardAwareClipping:
 
 
 def _fsdp_root(module):
-    """The outermost FSDP module wrapping ``module`` during training, or None (no FSDP)."""
+    """The FSDP module wrapping ``module`` during training (Lightning's FSDP strategy wraps the whole
+    LightningModule), or None."""
     strategy = getattr(getattr(module, "_trainer", None), "strategy", None)
     if strategy is None or "FSDP" not in type(strategy).__name__:
         return None
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    for model in (getattr(strategy, "model", None), module):
-        for m in model.modules() if model is not None else ():
-            if isinstance(m, FullyShardedDataParallel):
-                return m
-    return None
+    model = getattr(strategy, "model", None)
+    return model if isinstance(model, FullyShardedDataParallel) else None
 
 
 def logs_this_step(module) -> bool:
