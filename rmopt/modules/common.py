@@ -51,12 +51,23 @@ def clip_gradients(module, optimizer, max_norm: float | None, algorithm: str | N
         module.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm=algorithm)
 
 
-class ShardAwareClipping:
-    """Mixin for LightningModules with automatic optimisation: ``trainer.gradient_clip_val`` clips by the
-    global norm under FSDP too (see :func:`clip_gradients`)."""
+class ModelTrainingHooks:
+    """Hooks the SFT and reward-model LightningModules share (they hold ``model``, ``optimizer_factory``,
+    ``warmup_steps`` and a validation ``history``): AdamW fused on CPU, ``trainer.gradient_clip_val`` by the
+    global norm under FSDP too (:func:`clip_gradients`), and the history kept in checkpoints so a resumed
+    run reports the whole curve."""
+
+    def configure_optimizers(self):
+        return configure_optimizer(self, self.model.parameters(), fused_on_cpu(self.optimizer_factory), self.warmup_steps)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["rmopt_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint):
+        self.history = list(checkpoint.get("rmopt_history", []))
 
 
 def _fsdp_root(module):

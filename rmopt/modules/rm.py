@@ -8,7 +8,7 @@ import torchmetrics
 
 from rmopt.ensemble import last_token_scores
 from rmopt.losses import reward_pair_loss
-from rmopt.modules.common import ShardAwareClipping, configure_optimizer, fused_on_cpu, logs_this_step
+from rmopt.modules.common import ModelTrainingHooks, logs_this_step
 
 
 def init_score_head(model, heads: int, seed: int, std: float = 0.02) -> None:
@@ -52,7 +52,7 @@ def multi_head_pair_loss(scores: torch.Tensor, counts: torch.Tensor, l2_coef: fl
     return losses.sum(), losses.detach(), torch.stack(accs)
 
 
-class RewardModule(ShardAwareClipping, L.LightningModule):
+class RewardModule(ModelTrainingHooks, L.LightningModule):
     def __init__(self, model, optimizer, warmup_steps: int = 0, l2_coef: float = 0.001):
         super().__init__()
         self.model = model
@@ -96,12 +96,3 @@ class RewardModule(ShardAwareClipping, L.LightningModule):
                 self.log(f"val/accuracy_head{h}", a)
         if not self.trainer.sanity_checking and not any(h["step"] == self.global_step for h in self.history):
             self.history.append({"step": self.global_step, "val_accuracy": float(accs.mean()), "val_loss": float(loss)})
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["rmopt_history"] = list(self.history)  # the curve so far, so a resumed run reports all of it
-
-    def on_load_checkpoint(self, checkpoint):
-        self.history = list(checkpoint.get("rmopt_history", []))
-
-    def configure_optimizers(self):
-        return configure_optimizer(self, self.model.parameters(), fused_on_cpu(self.optimizer_factory), self.warmup_steps)

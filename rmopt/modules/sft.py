@@ -8,17 +8,11 @@ import torchmetrics
 
 from rmopt.generation import generate_answers
 from rmopt.losses import IGNORE_INDEX, answer_token_loss, sft_loss
-from rmopt.modules.common import (
-    ShardAwareClipping,
-    configure_optimizer,
-    fused_on_cpu,
-    log_samples,
-    logs_this_step,
-)
+from rmopt.modules.common import ModelTrainingHooks, log_samples, logs_this_step
 from rmopt.packing import pack, packed_hidden_states, supports_packing
 
 
-class SFTModule(ShardAwareClipping, L.LightningModule):
+class SFTModule(ModelTrainingHooks, L.LightningModule):
     def __init__(self, model, tokenizer, optimizer, warmup_steps: int = 0, sample_prompts=None, sample_tokens: int = 48):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
@@ -87,12 +81,3 @@ class SFTModule(ShardAwareClipping, L.LightningModule):
             self,
             [{"instruction": i, "input": x, "answer": a} for i, x, a in zip(rows["instruction"], rows["input"], samples.texts, strict=True)],
         )
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["rmopt_history"] = list(self.history)  # the curve so far, so a resumed run reports all of it
-
-    def on_load_checkpoint(self, checkpoint):
-        self.history = list(checkpoint.get("rmopt_history", []))
-
-    def configure_optimizers(self):
-        return configure_optimizer(self, self.model.parameters(), fused_on_cpu(self.optimizer_factory), self.warmup_steps)
