@@ -114,24 +114,31 @@ def _rotary(base, packing: Packing, like: torch.Tensor) -> _Rotary:
     return _Rotary(cos[0].unsqueeze(1), sin[0].unsqueeze(1), cos.size(-1))
 
 
+def _causal_mask(packing: Packing, like: torch.Tensor) -> torch.Tensor | None:
+    """The additive causal mask of the plain attention path; None for rows long enough for the fused kernel."""
+    if packing.width > PLAIN_ATTENTION_MAX_WIDTH:
+        return None
+    return torch.full((packing.width, packing.width), float("-inf"), dtype=like.dtype, device=like.device).triu(1)
+
+
 def packed_attention(query, key, value, packing: Packing, scaling: float, dropout: float = 0.0,
-                     rows: torch.Tensor | None = None) -> torch.Tensor:
+                     rows: torch.Tensor | None = None, causal: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention within each packed sequence: ``[N, heads, d]`` queries, keys and values in,
     ``[N, heads * d]`` out (or only the tokens at ``rows``, indices into 0..N-1).
 
     The tokens are laid out as ``[B, width]`` rows again (each sequence from position 0, zeros after it),
     where causal attention alone keeps every real query on its own sequence; padding queries are
-    computed and dropped."""
+    computed and dropped. ``causal``: :func:`_causal_mask` (rows of up to ``PLAIN_ATTENTION_MAX_WIDTH``
+    tokens: plain batched matrix products), None for PyTorch's fused kernel."""
     p, heads, d = packing, query.size(1), query.size(2)
 
     def spread(x):  # [N, h, d] -> [h * B, width, d]: one [width, d] block per (head, row), free to reshape
-        out = x.new_zeros(heads, p.rows * p.width, d).index_copy(1, p.target, x.transpose(0, 1))
+        out = x.new_zeros(heads, p.rows * p.width, d).index_copy_(1, p.target, x.transpose(0, 1))
         return out.view(heads * p.rows, p.width, d)
 
     q, k, v = spread(query), spread(key), spread(value)
-    if p.width <= PLAIN_ATTENTION_MAX_WIDTH:
-        causal = torch.full((p.width, p.width), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
-        scores = torch.baddbmm(causal.expand(q.size(0), -1, -1), q, k.transpose(1, 2), alpha=scaling)
+    if causal is not None:
+        scores = torch.baddbmm(causal.to(q.dtype).expand(q.size(0), -1, -1), q, k.transpose(1, 2), alpha=scaling)
         probs = scores.softmax(-1) if scores.dtype == torch.float32 else scores.softmax(-1, dtype=torch.float32).to(q.dtype)
         if dropout > 0.0:
             probs = F.dropout(probs, p=dropout, training=True)
@@ -157,7 +164,7 @@ def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep:
     """
     base = model.base_model
     hidden = base.emb_dropout(base.embed_in(packing.take(input_ids)))  # [N, hidden]
-    rotary = _rotary(base, packing, hidden)
+    rotary, causal = _rotary(base, packing, hidden), _causal_mask(packing, hidden)
     last = len(base.layers) - 1
     for i, layer in enumerate(base.layers):  # GPTNeoXLayer.forward
         rows = keep if i == last else None
@@ -165,7 +172,7 @@ def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep:
         qkv = attention.query_key_value(layer.input_layernorm(hidden))
         query, key, value = qkv.view(qkv.size(0), -1, 3, attention.head_size).unbind(2)
         dropout = attention.attention_dropout if attention.training else 0.0
-        out = packed_attention(rotary.rotate(query), rotary.rotate(key), value, packing, attention.scaling, dropout, rows)
+        out = packed_attention(rotary.rotate(query), rotary.rotate(key), value, packing, attention.scaling, dropout, rows, causal)
         residual = hidden if rows is None else hidden[rows]
         attn_output = layer.post_attention_dropout(attention.dense(out))
         if layer.use_parallel_residual:
