@@ -68,3 +68,16 @@ def test_sft_split_spreads_in_quality_and_has_alpaca_schema():
     g = ToyGoldReward().score(ds["sft"]["instruction"], ds["sft"]["input"], ds["sft"]["output"])
     assert 0.3 < (g == 1.0).mean() < 0.7  # about half the SFT answers are right, the rest near misses
     assert g.min() < 0.5 and g.std() > 0.2
+
+
+def test_val_prompts_are_unseen_by_every_training_split():
+    from omegaconf import OmegaConf
+
+    sizes = OmegaConf.load("conf/data/toy.yaml").sizes  # the world every stage uses
+    ds = generate_dataset(dict(sizes), seed=0)
+    prompts = {s: set(zip(ds[s]["instruction"], ds[s]["input"], strict=True)) for s in ds}
+    seen = prompts["sft"] | prompts["preference"] | prompts["unlabeled"]
+    assert not prompts["val"] & seen
+    assert len(prompts["val"]) >= 300  # a few hundred distinct held-out prompts
+    kinds = {s: np.mean([i.startswith("Sort") for i in ds[s]["instruction"]]) for s in ds}
+    assert abs(kinds["val"] - kinds["sft"]) < 0.05  # the same task mix on both sides of the split

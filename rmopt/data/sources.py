@@ -285,7 +285,7 @@ class ToyData:
     """
 
     sizes: dict[str, int] = field(
-        default_factory=lambda: {"sft": 8000, "preference": 4000, "unlabeled": 2000, "val": 500}
+        default_factory=lambda: {"sft": 8000, "preference": 4000, "unlabeled": 2000, "val": 2000}
     )
     seed: int = 0
     sft_noise: float = 0.5

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import string
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,8 @@ LETTERS = tuple(string.ascii_lowercase)
 REPEAT_WORDS = ("sun", "moon", "star", "rain", "wind", "snow", "tree", "rock", "sea", "sky", "hill", "leaf")
 TASKS = ("list", "sort", "repeat")
 SPLITS = ("sft", "preference", "unlabeled", "val")
+HELD_OUT_SPLITS = ("val",)  # drawn only from held-out prompts; every other split never sees one
+HELD_OUT_SHARE = 4  # one prompt in HELD_OUT_SHARE (by a hash of its text) is held out
 
 _LIST_RE = re.compile(r"^List (\d+) (\w+)\.$")
 _SORT_RE = re.compile(r"^Sort these letters\.$")
@@ -149,8 +152,16 @@ def _degrade(task: Task, items: list[str], rng: np.random.Generator) -> list[str
     return items
 
 
-def _instruction(rng: np.random.Generator) -> tuple[str, str]:
-    kind = rng.choice(TASKS)
+def is_held_out(instruction: str, input: str = "") -> bool:
+    """Whether a prompt belongs to the held-out part of the prompt space (a fixed hash of its text).
+
+    Held-out splits (``val``) draw only such prompts and the others never do, so no (instruction,
+    input) of the evaluation split appears in sft, preference or unlabeled.
+    """
+    return zlib.crc32(f"{instruction}\n{input}".encode()) % HELD_OUT_SHARE == 0
+
+
+def _draw_instruction(rng: np.random.Generator, kind: str) -> tuple[str, str]:
     if kind == "list":
         category = str(rng.choice(sorted(CATEGORIES)))
         return f"List {rng.integers(2, 6)} {category}.", ""
@@ -158,6 +169,18 @@ def _instruction(rng: np.random.Generator) -> tuple[str, str]:
         letters = rng.choice(LETTERS, size=rng.integers(3, 6), replace=False)
         return "Sort these letters.", " ".join(letters)
     return f"Repeat the word {rng.choice(REPEAT_WORDS)} {rng.integers(2, 6)} times.", ""
+
+
+def _instruction(rng: np.random.Generator, held_out: bool) -> tuple[str, str]:
+    """A prompt of a uniformly drawn task kind, from the held-out part of the prompt space or the rest.
+
+    The kind is drawn first and the prompt redrawn within it, so both parts keep the same task mix.
+    """
+    kind = str(rng.choice(TASKS))
+    while True:
+        instruction, input = _draw_instruction(rng, kind)
+        if is_held_out(instruction, input) == held_out:
+            return instruction, input
 
 
 def correct_answer(instruction: str, input: str, rng: np.random.Generator | None = None) -> str:
@@ -170,8 +193,8 @@ def correct_answer(instruction: str, input: str, rng: np.random.Generator | None
     return task.render(task.target)
 
 
-def make_example(rng: np.random.Generator, noise: float) -> dict[str, str]:
-    instruction, input = _instruction(rng)
+def make_example(rng: np.random.Generator, noise: float, held_out: bool = False) -> dict[str, str]:
+    instruction, input = _instruction(rng, held_out)
     task = parse_task(instruction, input)
     items = split_items(task, correct_answer(instruction, input, rng))
     if rng.random() < noise:
@@ -181,21 +204,27 @@ def make_example(rng: np.random.Generator, noise: float) -> dict[str, str]:
     return {"instruction": instruction, "input": input, "output": task.render(items)}
 
 
-def generate_split(size: int, seed: int, noise: float = 0.0) -> list[dict[str, str]]:
-    """``size`` examples with the AlpacaFarm schema (instruction, input, output)."""
+def generate_split(size: int, seed: int, noise: float = 0.0, held_out: bool = False) -> list[dict[str, str]]:
+    """``size`` examples with the AlpacaFarm schema (instruction, input, output), from the held-out
+    part of the prompt space or from the rest (:func:`is_held_out`)."""
     rng = np.random.default_rng(seed)
-    return [make_example(rng, noise) for _ in range(size)]
+    return [make_example(rng, noise, held_out) for _ in range(size)]
 
 
 def generate_dataset(sizes: dict[str, int], seed: int = 0, sft_noise: float = 0.5):
-    """A ``datasets.DatasetDict`` with AlpacaFarm-like splits; only ``sft`` has degraded outputs."""
+    """A ``datasets.DatasetDict`` with AlpacaFarm-like splits; only ``sft`` has degraded outputs.
+
+    ``val`` holds only held-out prompts, which no other split contains.
+    """
     import datasets
 
     splits = {}
     for i, name in enumerate(SPLITS):
         if sizes.get(name, 0) <= 0:
             continue
-        rows = generate_split(sizes[name], seed=seed * 1000 + i, noise=sft_noise if name == "sft" else 0.0)
+        rows = generate_split(
+            sizes[name], seed=seed * 1000 + i, noise=sft_noise if name == "sft" else 0.0, held_out=name in HELD_OUT_SPLITS
+        )
         splits[name] = datasets.Dataset.from_list(rows)
     return datasets.DatasetDict(splits)
 
