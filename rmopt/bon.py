@@ -143,6 +143,26 @@ def unbiased_best_of_n(proxy, gold, ns=DEFAULT_NS) -> dict[str, np.ndarray]:
     }
 
 
+def best_of_n_per_prompt(proxy, gold, ns=DEFAULT_NS, chunk: int = 256) -> dict[str, np.ndarray]:
+    """The best-of-n estimator of each prompt on its own: proxy and gold score [len(ns), P] for each n.
+
+    The same estimate as :func:`unbiased_best_of_n` before the average over prompts (its mean over
+    prompts equals that function's result up to rounding); their spread over prompts gives the
+    standard error of each curve point. Prompts are processed ``chunk`` at a time (bounded memory).
+    """
+    proxy, gold = _check_scores(proxy, gold)
+    P, N = proxy.shape
+    ns = _check_ns(ns, N)
+    weights = _bon_weight_matrix(N, ns)  # [K, N]
+    out_proxy, out_gold = np.empty((len(ns), P)), np.empty((len(ns), P))
+    for start in range(0, P, chunk):
+        rows = slice(start, min(start + chunk, P))
+        order = _stable_row_order(proxy[rows])
+        out_proxy[:, rows] = weights @ np.take_along_axis(proxy[rows], order, axis=1).astype(np.float64).T
+        out_gold[:, rows] = weights @ np.take_along_axis(gold[rows], order, axis=1).astype(np.float64).T
+    return {"n": np.asarray(ns, dtype=np.int64), "proxy_score": out_proxy, "gold_score": out_gold}
+
+
 def _exact_integers(rows: list[list[float]]) -> tuple[list[list[int]], int]:
     """Floats as integers over one shared power-of-two denominator, so sums of them stay exact."""
     ratios = [[float(v).as_integer_ratio() for v in row] for row in rows]
@@ -203,7 +223,8 @@ def run_bon(cfg):
 
 
 def main() -> None:
-    """``rmopt-bon`` / ``python -m rmopt.bon``: Hydra app; command-line mistakes exit 2 before Hydra parses."""
+    """``rmopt-bon`` / ``python -m rmopt.bon``: Hydra app; a command-line mistake is one line and exit
+    code 1 (as every user error of every stage), found before the pipeline's imports."""
     import sys
 
     from rmopt.errors import RmoptError, check_overrides
@@ -212,7 +233,7 @@ def main() -> None:
         check_overrides(sys.argv[1:])  # e.g. a bare {seed}: Hydra's grammar rejects it, say how to quote
     except RmoptError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(1)
     from rmopt.bon_pipeline import hydra_main
 
     hydra_main()

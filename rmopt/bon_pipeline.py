@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rmopt.bon import DEFAULT_NS, kl_bon, unbiased_best_of_n
+from rmopt.bon import DEFAULT_NS, best_of_n_per_prompt, kl_bon
 from rmopt.errors import RmoptError
 
 RESULTS_FILE = "bon_sampled_results.json"
+PER_PROMPT_FILE = "bon_per_prompt.json"  # beside it: each prompt's estimate at each n (for paired differences)
 SCORES_FILE = "proxy_scores.parquet"
 SCORES_META = "proxy_scores.json"
 GENS_DIR = "gold_gens"
@@ -150,34 +151,44 @@ def bon_curves(
 
 
 def _curve(proxy: np.ndarray, gold: np.ndarray, ns) -> dict[str, list]:
+    """One curve: the mean over prompts of the per-prompt estimator at each n, its standard error over
+    prompts, and (under ``per_prompt``) the per-prompt values themselves."""
+    from rmopt.stats import standard_error
+
     try:
-        result = unbiased_best_of_n(proxy, gold, ns)
+        result = best_of_n_per_prompt(proxy, gold, ns)
     except ValueError as e:
         raise RmoptError(str(e)) from None
+    P = proxy.shape[0]
+    se = {k: standard_error(result[k], axis=1) if P > 1 else np.full(len(result["n"]), np.nan) for k in SCORES}
     return {
         "n": [int(n) for n in result["n"]],
-        "proxy_score": [float(v) for v in result["proxy_score"]],
-        "gold_score": [float(v) for v in result["gold_score"]],
+        **{k: [float(v) for v in result[k].mean(axis=1)] for k in SCORES},
+        **{f"{k}_se": [float(v) for v in se[k]] for k in SCORES},
         "kl_bon": [float(v) for v in np.atleast_1d(kl_bon(result["n"]))],
+        "per_prompt": {k: result[k].tolist() for k in SCORES},
     }
 
 
+SCORES = ("proxy_score", "gold_score")
+RECORD_KEYS = ("n", "proxy_score", "proxy_score_se", "gold_score", "gold_score_se", "kl_bon")
+
+
 def curve_records(curve: dict[str, list]) -> list[dict]:
-    """The seed README's results schema: [{"n", "proxy_score", "gold_score"} + "kl_bon"]."""
-    return [
-        {"n": n, "proxy_score": p, "gold_score": g, "kl_bon": k}
-        for n, p, g, k in zip(
-            curve["n"], curve["proxy_score"], curve["gold_score"], curve["kl_bon"], strict=True
-        )
-    ]
+    """The seed README's results schema, each score with its standard error over prompts:
+    [{"n", "proxy_score", "proxy_score_se", "gold_score", "gold_score_se", "kl_bon"}]."""
+    return [dict(zip(RECORD_KEYS, values, strict=True)) for values in zip(*(curve[k] for k in RECORD_KEYS), strict=True)]
 
 
 def write_results(curves: dict[str, dict[str, list]], output_dir: str | os.PathLike) -> list[Path]:
+    """``<name>/bon_sampled_results.json`` for every curve, and ``<name>/bon_per_prompt.json`` beside it."""
     from rmopt.utils import atomic_write_json
 
     paths = []
     for name, curve in curves.items():
         path = Path(output_dir) / name / RESULTS_FILE
+        if "per_prompt" in curve:
+            atomic_write_json(path.parent / PER_PROMPT_FILE, {"n": curve["n"], **curve["per_prompt"]})
         atomic_write_json(path, curve_records(curve))
         paths.append(path)
     return paths
@@ -759,7 +770,12 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
 
 def _read_curve(path: Path) -> dict[str, list]:
     records = json.loads(path.read_text())
-    return {k: [r[k] for r in records] for k in ("n", "proxy_score", "gold_score", "kl_bon")}
+    curve = {k: [r.get(k, float("nan")) for r in records] for k in RECORD_KEYS}
+    per_prompt = path.parent / PER_PROMPT_FILE
+    if per_prompt.exists():
+        stored = json.loads(per_prompt.read_text())
+        curve["per_prompt"] = {k: stored[k] for k in SCORES}
+    return curve
 
 
 def _plot(curves, path: Path, gens: GoldGens) -> Path:
@@ -772,11 +788,12 @@ def _plot(curves, path: Path, gens: GoldGens) -> Path:
 
 def _print_summary(curves, written, figure) -> None:
     print(
-        f"{'name':<12} {'n':>7} {'proxy':>9} {'gold':>9}   (at the largest n; gold at n=1 is the policy's mean)"
+        f"{'name':<12} {'n':>7} {'proxy':>9} {'gold':>9} {'(SE)':>8}   (at the largest n; gold at n=1 is the policy's mean)"
     )
     for name, curve in curves.items():
         print(
             f"{name:<12} {curve['n'][-1]:>7} {curve['proxy_score'][-1]:>9.4f} {curve['gold_score'][-1]:>9.4f}"
+            f" +-{curve['gold_score_se'][-1]:.4f}"
         )
     print(
         f"wrote {len(written)} results files ({Path(written[0]).name}) under {Path(written[0]).parent.parent}"

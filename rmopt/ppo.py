@@ -176,7 +176,7 @@ def score_gold(run_dir: str | os.PathLike, gold, batch_size: int | None = None, 
         scores = gold.score([r["instruction"] for r in rows], [r["input"] for r in rows], [r["answer"] for r in rows], **kwargs)
         for row, value in zip(rows, scores, strict=True):
             row["gold"] = float(value)
-        record["gold"] = float(sum(r["gold"] for r in rows) / max(len(rows), 1))
+        record["gold"], record["gold_se"] = prompt_mean_and_se(rows, "gold")
         record["gold_scorer"] = getattr(gold, "name", None) or type(gold).__name__
         atomic_write_json(path, record)
         done += 1
@@ -186,8 +186,18 @@ def score_gold(run_dir: str | os.PathLike, gold, batch_size: int | None = None, 
 # ---------------------------------------------------------------------------------------- results
 
 
+def prompt_mean_and_se(rows: list[dict], key: str) -> tuple[float, float]:
+    """Mean of ``key`` over an eval file's rows and its standard error over prompts (of each prompt's mean)."""
+    from rmopt.stats import group_means, mean_and_se
+
+    _, per_prompt = group_means([r[key] for r in rows], [r.get("prompt", i) for i, r in enumerate(rows)])
+    return mean_and_se(per_prompt)
+
+
 def run_points(run_dir: str | os.PathLike) -> list[dict]:
-    """One point per eval file: step, KL, proxy (combined, each member, spread) and gold if scored."""
+    """One point per eval file: step, KL, proxy (combined, each member, spread) and gold if scored, each
+    mean with its standard error over prompts."""
+    nan = float("nan")
     points = []
     for path in eval_files(run_dir):
         r = json.loads(path.read_text())
@@ -195,17 +205,22 @@ def run_points(run_dir: str | os.PathLike) -> list[dict]:
             {
                 "step": r["step"],
                 "kl": r["kl"],
+                "kl_se": r.get("kl_se", nan),
+                "kl_k1": r.get("kl_k1", nan),
                 "proxy_score": r["proxy"],
+                "proxy_score_se": r.get("proxy_se", nan),
                 "proxy_members": r["proxy_members"],
                 "proxy_member_std": r["proxy_member_std"],
-                "gold_score": r.get("gold", float("nan")),
+                "gold_score": r.get("gold", nan),
+                "gold_score_se": r.get("gold_se", nan),
             }
         )
     return sorted(points, key=lambda p: p["step"])
 
 
 def _curve(points: list[dict]) -> dict[str, list]:
-    return {k: [p[k] for p in points] for k in ("step", "kl", "proxy_score", "gold_score")}
+    keys = ("step", "kl", "kl_se", "proxy_score", "proxy_score_se", "gold_score", "gold_score_se")
+    return {k: [p.get(k, float("nan")) for p in points] for k in keys}
 
 
 def write_results(run_dir: str | os.PathLike) -> dict:
@@ -243,9 +258,14 @@ def _short_names(run_dirs: list[Path]) -> list[str]:
 
 
 def curve_text(points: list[dict]) -> str:
-    lines = [f"  {'step':>6} {'kl':>8} {'proxy':>8} {'gold':>8}"]
+    """The points as a table, each mean +- its standard error over prompts."""
+    nan = float("nan")
+    lines = [f"  {'step':>6} {'kl':>15} {'proxy':>17} {'gold':>17}"]
     for p in points:
-        lines.append(f"  {p['step']:>6} {p['kl']:8.3f} {p['proxy_score']:8.4f} {p['gold_score']:8.4f}")
+        lines.append(
+            f"  {p['step']:>6} {p['kl']:7.3f} +-{p.get('kl_se', nan):5.3f} {p['proxy_score']:8.4f} +-{p.get('proxy_score_se', nan):6.4f} "
+            f"{p['gold_score']:8.4f} +-{p.get('gold_score_se', nan):6.4f}"
+        )
     return "\n".join(lines)
 
 

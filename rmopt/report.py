@@ -44,6 +44,8 @@ def plot_curves(
 ) -> Path:
     """Plot gold and proxy score of every named curve against ``x_key`` and save a PNG at ``path``.
 
+    A curve with ``gold_score_se`` / ``proxy_score_se`` gets a +-1.96 SE band (95%) around its line.
+
     ``x_key`` may be a list (one row of panels per key, e.g. ``["n", "kl_bon"]``), with ``log_x`` a
     bool for all rows or one per row. Written atomically; returns the path.
     """
@@ -62,7 +64,8 @@ def plot_curves(
         for col, score in enumerate(SCORE_KEYS):
             ax = axes[row][col]
             for name, curve in curves.items():
-                ax.plot(curve[key], curve[score], marker=".", label=name, **_style(name))
+                (line,) = ax.plot(curve[key], curve[score], marker=".", label=name, **_style(name))
+                band(ax, curve[key], curve[score], curve.get(f"{score}_se"), line.get_color())
             if log:
                 ax.set_xscale("log")
             ax.set_xlabel(_X_LABELS.get(key, key))
@@ -72,6 +75,20 @@ def plot_curves(
     if title:
         fig.suptitle(title)
     return save_png(fig, path, dpi=110)
+
+
+def band(ax, xs, ys, se, color, alpha: float = 0.18) -> None:
+    """Shade mean +- 1.96 SE (a 95% interval) around a line; nothing where the SE is missing or NaN."""
+    import numpy as np
+
+    from rmopt.stats import Z95
+
+    if se is None:
+        return
+    y, e = np.asarray(ys, dtype=float), np.asarray(se, dtype=float)
+    if not np.isfinite(e).any():
+        return
+    ax.fill_between(np.asarray(xs, dtype=float), y - Z95 * e, y + Z95 * e, color=color, alpha=alpha, lw=0)
 
 
 def save_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:

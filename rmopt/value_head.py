@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rmopt.errors import RmoptError
-from rmopt.rlhf import entropy_from_logits, logprobs_from_logits
+from rmopt.rlhf import entropy_from_logits, logprobs_from_logits, token_kl_from_logits
 
 
 def transformer_layers(lm) -> nn.ModuleList:
@@ -71,6 +71,19 @@ class PolicyWithValueHead(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
+def answer_states(lm, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Hidden states [B, A, H] that predict the answer tokens of a rollout batch (position - 1), one trunk forward.
+
+    ``batch`` comes from :func:`rmopt.modules.ppo.rollout_tensors`: ``input_ids``, ``attention_mask``,
+    ``position_ids`` [B, S] and ``answer_positions`` [B, A].
+    """
+    hidden = lm.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    ).last_hidden_state
+    index = (batch["answer_positions"] - 1).unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+    return torch.gather(hidden, 1, index)
+
+
 def answer_forward(
     lm,
     batch: dict[str, torch.Tensor],
@@ -80,16 +93,10 @@ def answer_forward(
 ) -> dict[str, torch.Tensor]:
     """Log-probs (and values, entropy) of the answer tokens of a rollout batch, from one trunk forward.
 
-    ``batch`` comes from :func:`rmopt.modules.ppo.rollout_tensors`: ``input_ids``, ``attention_mask``,
-    ``position_ids`` [B, S], ``answer_positions`` and ``answer_ids`` [B, A]. The head runs only on
-    the hidden states that predict answer tokens (position - 1), not on the whole sequence.
-    Values are read at the same states: V(state before emitting answer token t).
+    The head runs only on the hidden states that predict answer tokens (:func:`answer_states`), not
+    on the whole sequence. Values are read at the same states: V(state before emitting answer token t).
     """
-    hidden = lm.base_model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
-    ).last_hidden_state
-    index = (batch["answer_positions"] - 1).unsqueeze(-1).expand(-1, -1, hidden.size(-1))
-    states = torch.gather(hidden, 1, index)  # [B, A, H]
+    states = answer_states(lm, batch)  # [B, A, H]
     logits = lm.get_output_embeddings()(states).float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -99,3 +106,23 @@ def answer_forward(
     if with_entropy:
         out["entropy"] = entropy_from_logits(logits.detach())  # a diagnostic only: no graph
     return out
+
+
+@torch.no_grad()
+def answer_kl(lm, reference, batch: dict[str, torch.Tensor], temperature: float = 1.0, rows: int = 16) -> dict[str, torch.Tensor]:
+    """Per-token KL(pi || pi_ref) along sampled answers, both policies at ``temperature``: ``{"exact", "k1"}`` [B, A].
+
+    ``exact`` sums over the vocabulary at each answer position (:func:`rmopt.rlhf.token_kl_from_logits`);
+    ``k1`` is log pi - log pi_ref of the sampled token. The vocabulary-sized logits exist for ``rows``
+    answers at a time. Padding positions hold values to be masked out by the caller.
+    """
+    states, ref_states = answer_states(lm, batch), answer_states(reference, batch)
+    head, ref_head = lm.get_output_embeddings(), reference.get_output_embeddings()
+    exact, k1 = [], []
+    for i in range(0, states.size(0), rows):
+        logits = head(states[i : i + rows]).float() / temperature
+        ref_logits = ref_head(ref_states[i : i + rows]).float() / temperature
+        ids = batch["answer_ids"][i : i + rows]
+        exact.append(token_kl_from_logits(logits, ref_logits))
+        k1.append(logprobs_from_logits(logits, ids) - logprobs_from_logits(ref_logits, ids))
+    return {"exact": torch.cat(exact), "k1": torch.cat(k1)}

@@ -129,8 +129,12 @@ def test_gold_gens_from_local_json_in_the_published_schema(tmp_path, toy_rms):
     for name in ("seed1", "seed2", "mean", "wco", "uwo_0.5"):
         records = _read(out, name)
         assert [r["n"] for r in records] == [1, 2, 3]
-        assert set(records[0]) == {"n", "proxy_score", "gold_score", "kl_bon"}
+        assert set(records[0]) == {"n", "proxy_score", "proxy_score_se", "gold_score", "gold_score_se", "kl_bon"}
         assert records[0]["gold_score"] == pytest.approx((0.5 + 1.0 - 0.3 + 1.0 + 0.0 + 0.5) / 6)
+        # n = 1 is each prompt's mean gold (0.4 and 0.5): SE = std(ddof=1) / sqrt(2) = 0.05
+        assert records[0]["gold_score_se"] == pytest.approx(0.05)
+        per_prompt = json.loads((out / name / "bon_per_prompt.json").read_text())
+        assert per_prompt["n"] == [1, 2, 3] and per_prompt["gold_score"][0] == pytest.approx([0.4, 0.5])
         assert curves[name]["gold_score"] == [r["gold_score"] for r in records]
     # the stored proxy scores re-create every curve by hand
     import pyarrow.parquet as pq

@@ -24,6 +24,7 @@ import torch
 from rmopt.data.collate import pad
 from rmopt.generation import decode_answers, encode_prompts, sample_ids
 from rmopt.modules.common import clip_gradients, configure_optimizer, log_samples
+from rmopt.stats import group_means, standard_error
 from rmopt.rlhf import (
     AdaptiveKLController,
     FixedKLController,
@@ -38,7 +39,7 @@ from rmopt.rlhf import (
     value_loss,
 )
 from rmopt.utils import atomic_write_json
-from rmopt.value_head import answer_forward
+from rmopt.value_head import answer_forward, answer_kl
 
 
 @dataclass
@@ -66,8 +67,10 @@ class PPOSettings:
     score_clip: float | None = None
     whiten_advantages: bool = True
     eval_every: int = 100
-    eval_temperature: float = 0.7
-    eval_top_p: float = 0.9
+    eval_temperature: float | None = None  # None: the training temperature
+    eval_top_p: float = 1.0
+    eval_samples: int = 1
+    eval_batch_size: int = 256
     sample_every: int = 50
     sample_count: int = 4
     score_batch_size: int = 64
@@ -178,9 +181,9 @@ class PPOModule(L.LightningModule):
         return torch.cat([self.ensemble.score_ids(ids[i : i + bs]).cpu() for i in range(0, len(ids), bs)], dim=1)
 
     @torch.inference_mode()
-    def rollout(self, instructions, inputs, generator, temperature: float, top_p: float = 1.0) -> dict:
-        """Sample, score and evaluate one batch of prompts (no gradients)."""
-        lm, tok = self.policy.lm, self.tokenizer
+    def sample(self, instructions, inputs, generator, temperature: float, top_p: float = 1.0) -> dict:
+        """Answers to a batch of prompts and their model inputs (no scoring, no log-probs)."""
+        tok = self.tokenizer
         prompt_ids = encode_prompts(tok, instructions, inputs)
         budget = min(self.s.max_new_tokens, self.s.max_length - max(len(p) for p in prompt_ids))
         if budget < 1:
@@ -188,13 +191,20 @@ class PPOModule(L.LightningModule):
 
             raise RmoptError(f"max_length={self.s.max_length} leaves no room for an answer after the longest prompt")
         answer_ids = sample_ids(
-            lm, prompt_ids, tok.eos_token_id, tok.pad_token_id, budget, temperature, top_p, generator=generator
+            self.policy.lm, prompt_ids, tok.eos_token_id, tok.pad_token_id, budget, temperature, top_p, generator=generator
         )
         texts, finished = decode_answers(tok, answer_ids)
         batch = {k: v.to(self.device) for k, v in rollout_tensors(prompt_ids, answer_ids, tok.pad_token_id).items()}
-        out = answer_forward(lm, batch, self.policy.value_head, self.s.temperature)
+        return {"prompt_ids": prompt_ids, "answer_ids": answer_ids, "texts": texts, "finished": finished, "batch": batch}
+
+    @torch.inference_mode()
+    def rollout(self, instructions, inputs, generator, temperature: float, top_p: float = 1.0) -> dict:
+        """Sample and score one batch of prompts, with the log-probs and values PPO needs (no gradients)."""
+        r = self.sample(instructions, inputs, generator, temperature, top_p)
+        batch = r["batch"]
+        out = answer_forward(self.policy.lm, batch, self.policy.value_head, self.s.temperature)
         ref = answer_forward(self.reference, batch, None, self.s.temperature)
-        scores = self.score(instructions, inputs, prompt_ids, answer_ids, texts).to(self.device)
+        scores = self.score(instructions, inputs, r["prompt_ids"], r["answer_ids"], r["texts"]).to(self.device)
         return {
             "batch": batch,
             "logprobs": out["logprobs"],
@@ -202,8 +212,8 @@ class PPOModule(L.LightningModule):
             "ref_logprobs": ref["logprobs"],
             "scores": scores,
             "combined": self.objective(scores).float(),
-            "texts": texts,
-            "finished": finished,
+            "texts": r["texts"],
+            "finished": r["finished"],
         }
 
     # ------------------------------------------------------------------ training
@@ -297,55 +307,99 @@ class PPOModule(L.LightningModule):
     def eval_path(self, step: int) -> Path:
         return self.output_dir / "eval" / f"step_{step:06d}.json"
 
+    def eval_settings(self) -> dict:
+        """How an evaluation samples (written into every eval file)."""
+        s = self.s
+        temperature = s.temperature if s.eval_temperature is None else float(s.eval_temperature)
+        return {
+            "temperature": temperature,
+            "top_p": float(s.eval_top_p),
+            "samples": int(s.eval_samples),
+            "prompts": len(self.eval_prompts),
+            "train_temperature": float(s.temperature),
+            "kl": f"KL(policy || initial policy) at temperature {s.temperature:g}, top-p 1, on answers sampled "
+            "there: per-token KL summed over the vocabulary, summed along each answer (kl_k1: log-ratio of the sampled tokens)",
+        }
+
+    @torch.inference_mode()
     def evaluate(self, step: int) -> dict | None:
-        """Answers to the held-out prompts, their proxy scores and sequence KL, to ``eval/step_NNNNNN.json``."""
+        """Answers to the held-out prompts, their proxy scores and the KL from the initial policy -> ``eval/step_NNNNNN.json``.
+
+        ``eval_samples`` answers per prompt. The KL is always measured on answers sampled at the training
+        settings (temperature, top-p 1); with other evaluation settings a second set of answers, sampled at
+        those, carries the proxy (and later gold) scores. Every mean comes with its standard error over prompts.
+        """
         if self.eval_prompts is None or len(self.eval_prompts) == 0:
             return None
+        s, settings = self.s, self.eval_settings()
+        same = settings["temperature"] == s.temperature and settings["top_p"] == 1.0
+        m = settings["samples"]
+        if m < 1:
+            from rmopt.errors import RmoptError
+
+            raise RmoptError(f"eval_samples={m} is not valid; expected answers per eval prompt >= 1")
         was_training = self.policy.training
         self.policy.eval()
-        generator = torch.Generator(device=self.device).manual_seed(_seed(self.seed, 7))  # the same noise at every eval
-        rows_out, members = [], []
-        ev = self.eval_prompts
-        for start in range(0, len(ev), self.s.rollout_batch_size):
-            chunk = ev.select(range(start, min(start + self.s.rollout_batch_size, len(ev))))
-            instr, inp = list(chunk["instruction"]), list(chunk["input"])
-            r = self.rollout(instr, inp, generator, self.s.eval_temperature, self.s.eval_top_p)
-            mask = r["batch"]["answer_mask"]
-            # sequence KL from the initial policy: sum over answer tokens of log pi - log pi_ref (true
-            # temperature-1 log-probs of answers sampled at the eval temperature)
-            logprobs, ref_logprobs = r["logprobs"], r["ref_logprobs"]
-            if self.s.temperature != 1.0:  # rollout log-probs were of the tempered policies
-                with torch.inference_mode():
-                    logprobs = answer_forward(self.policy.lm, r["batch"])["logprobs"]
-                    ref_logprobs = answer_forward(self.reference, r["batch"])["logprobs"]
-            kl = sequence_kl(logprobs - ref_logprobs, mask)
-            members.append(r["scores"].cpu())
+        # the same noise at every evaluation: curves differ by the policy, not the draw
+        kl_gen = torch.Generator(device=self.device).manual_seed(_seed(self.seed, 7))
+        eval_gen = kl_gen if same else torch.Generator(device=self.device).manual_seed(_seed(self.seed, 8))
+        ev, per_batch = self.eval_prompts, max(1, s.eval_batch_size // m)
+        rows_out, members, kl_prompt, kl_exact, kl_k1 = [], [], [], [], []
+        for start in range(0, len(ev), per_batch):
+            chunk = ev.select(range(start, min(start + per_batch, len(ev))))
+            instr = [i for i in chunk["instruction"] for _ in range(m)]
+            inp = [x for x in chunk["input"] for _ in range(m)]
+            prompt = [start + j for j in range(len(chunk)) for _ in range(m)]
+            drawn = self.sample(instr, inp, kl_gen, s.temperature, 1.0)
+            mask = drawn["batch"]["answer_mask"]
+            kl = {k: sequence_kl(v, mask) for k, v in answer_kl(self.policy.lm, self.reference, drawn["batch"], s.temperature).items()}
+            kl_prompt += prompt
+            kl_exact += kl["exact"].tolist()
+            kl_k1 += kl["k1"].tolist()
+            if not same:
+                drawn = self.sample(instr, inp, eval_gen, settings["temperature"], settings["top_p"])
+            scores = self.score(instr, inp, drawn["prompt_ids"], drawn["answer_ids"], drawn["texts"]).to(self.device)
+            combined = self.objective(scores).float()
+            members.append(scores.cpu())
+            lengths = drawn["batch"]["answer_mask"].sum(1).tolist()
             for j in range(len(instr)):
-                rows_out.append(
-                    {
-                        "instruction": instr[j],
-                        "input": inp[j],
-                        "answer": r["texts"][j],
-                        "finished": r["finished"][j],
-                        "length": int(mask[j].sum()),
-                        "proxy": float(r["combined"][j]),
-                        "proxy_members": [float(v) for v in r["scores"][:, j]],
-                        "kl": float(kl[j]),
-                    }
-                )
+                row = {
+                    "prompt": prompt[j],
+                    "instruction": instr[j],
+                    "input": inp[j],
+                    "answer": drawn["texts"][j],
+                    "finished": drawn["finished"][j],
+                    "length": int(lengths[j]),
+                    "proxy": float(combined[j]),
+                    "proxy_members": [float(v) for v in scores[:, j]],
+                }
+                if same:  # this answer's own KL
+                    row["kl"], row["kl_k1"] = kl_exact[-len(instr) + j], kl_k1[-len(instr) + j]
+                rows_out.append(row)
         self.policy.train(was_training)
         scores = torch.cat(members, dim=1)
+        _, kl_pp = group_means(kl_exact, kl_prompt)
+        _, k1_pp = group_means(kl_k1, kl_prompt)
+        _, proxy_pp = group_means([r["proxy"] for r in rows_out], [r["prompt"] for r in rows_out])
         record = {
             "step": step,
             "objective": repr(self.objective),
-            "kl": float(np.mean([r["kl"] for r in rows_out])),
-            "proxy": float(np.mean([r["proxy"] for r in rows_out])),
+            "settings": settings,
+            "kl": float(kl_pp.mean()),
+            "kl_se": standard_error(kl_pp),
+            "kl_k1": float(k1_pp.mean()),
+            "kl_k1_se": standard_error(k1_pp),
+            "proxy": float(proxy_pp.mean()),
+            "proxy_se": standard_error(proxy_pp),
             "proxy_members": [float(v) for v in scores.mean(1)],
             "proxy_member_std": float(scores.std(0, unbiased=False).mean()),
+            "kl_per_prompt": [float(v) for v in kl_pp],
+            "kl_k1_per_prompt": [float(v) for v in k1_pp],
             "rows": rows_out,
         }
-        atomic_write_json(self.eval_path(step), record)
-        if self.trainer is not None and self.loggers:
+        if self.global_rank == 0:  # under ddp every process evaluates the same policy with the same noise
+            atomic_write_json(self.eval_path(step), record)
+        if self._trainer is not None and self.loggers:
             for logger in self.loggers:
                 logger.log_metrics({"eval/proxy": record["proxy"], "eval/kl": record["kl"]}, step=step)
         return record

@@ -1,0 +1,52 @@
+"""Standard errors: every number rmopt reports carries one (pure functions, no I/O).
+
+A curve point's standard error is over prompts: the per-prompt value (best-of-n: the per-prompt
+estimator; PPO: the mean over that prompt's answers), std with ddof=1 over prompts, divided by
+sqrt(P). Across replicates the same formula runs over the replicates' values. A 95% interval is
++-1.96 SE; a difference is a finding only when its interval excludes zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+Z95 = 1.96
+
+
+def standard_error(values, axis: int = 0):
+    """Standard error of the mean along ``axis``: std (ddof=1) / sqrt(n); NaN where n < 2."""
+    x = np.asarray(values, dtype=np.float64)
+    n = x.shape[axis] if x.ndim else 1
+    if n < 2:
+        out = np.full(np.delete(x.shape, axis) if x.ndim else (), np.nan)
+        return float(out) if out.ndim == 0 else out
+    se = x.std(axis=axis, ddof=1) / math.sqrt(n)
+    return float(se) if np.ndim(se) == 0 else se
+
+
+def group_means(values: Sequence[float], groups: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """The mean of ``values`` within each group (e.g. a prompt's answers): (groups in first-seen order, means)."""
+    totals: dict[int, list[float]] = {}
+    for v, g in zip(values, groups, strict=True):
+        totals.setdefault(int(g), []).append(float(v))
+    return list(totals), np.array([math.fsum(v) / len(v) for v in totals.values()])
+
+
+def mean_and_se(values) -> tuple[float, float]:
+    """(mean, standard error) of per-prompt (or per-replicate) values."""
+    x = np.asarray(values, dtype=np.float64)
+    return float(x.mean()), standard_error(x)
+
+
+def interval(mean: float, se: float, z: float = Z95) -> tuple[float, float]:
+    """The +-z SE interval around ``mean`` (95% by default)."""
+    return mean - z * se, mean + z * se
+
+
+def excludes_zero(mean: float, se: float, z: float = Z95) -> bool:
+    """Whether the +-z SE interval of a difference lies wholly above or below zero (NaN SE: no)."""
+    lo, hi = interval(mean, se, z)
+    return bool(lo > 0 or hi < 0)
