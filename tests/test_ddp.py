@@ -207,3 +207,56 @@ def test_two_process_ddp_reward_model_on_cpu(tmp_path):
     # the chosen answer is always the first: 4 steps at lr 1e-3 already rank every held-out pair
     assert "held-out accuracy 1.000" in proc.stdout
     assert proc.stdout.count("reward model saved to") == 1  # rank 0 alone writes the folder
+
+
+PPO_DDP_SCRIPT = '''
+import hashlib, json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import torch
+from conftest import compose
+from rmopt.ppo import build_module
+from rmopt.stage import build_trainer
+
+out = Path({out!r})
+cfg = compose("ppo", {overrides!r}, output_dir=out / "hydra")
+trainer = build_trainer(cfg, out / "checkpoints")
+module = build_module(cfg)
+seen = []
+batch = module.prompt_batch
+module.prompt_batch = lambda step, rank=0, world=1: seen.append((step, rank, world, batch(step, rank, world))) or seen[-1][3]
+trainer.fit(module)
+weights = b"".join(p.detach().cpu().numpy().tobytes() for p in module.policy.trainable_parameters())
+rank = trainer.global_rank
+(out / f"rank{{rank}}.json").write_text(json.dumps({{
+    "sha": hashlib.sha256(weights).hexdigest(), "prompts": [s[3] for s in seen], "calls": [s[:3] for s in seen],
+    "kl_coef": module.kl_ctl.value,
+}}))
+'''
+
+
+def test_two_process_ddp_ppo_splits_prompts_and_noise_and_ends_in_step(tmp_path, toy_sft_dir):
+    """PPO under ddp (gloo, 2 processes): different prompts and noise per rank, averaged gradients, the
+    same weights on both ranks at the end, and one adaptive KL coefficient for both."""
+    from conftest import save_stand_in_rms
+
+    rms = save_stand_in_rms(toy_sft_dir, tmp_path / "rms")
+    overrides = [
+        "experiment=toy", f"model.name_or_path={toy_sft_dir}", f'proxy_rm_path="{rms}/rm_seed{{seed}}"',
+        f"output_dir={tmp_path / 'ppo'}", "logger=none", "trainer.enable_progress_bar=false", "trainer=ddp",
+        "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3", "rollout_batch_size=4",
+        "minibatch_size=2", "ppo_epochs=2", "max_new_tokens=8", "eval_prompts=0", "sample_every=0",
+        "kl_controller=adaptive", "kl_horizon=10", "optimizer.lr=1e-3", *SMALL_DATA,
+    ]
+    script = tmp_path / "run_ppo_ddp.py"
+    script.write_text(PPO_DDP_SCRIPT.format(tests=str(REPO / "tests"), out=str(tmp_path / "ppo"), overrides=overrides))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "ppo" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [c[1:] for c in ranks[0]["calls"]] == [[0, 2]] * 3 and [c[1:] for c in ranks[1]["calls"]] == [[1, 2]] * 3
+    for step in range(3):  # the ranks' prompts for a step are consecutive slices of one shuffled order
+        p0, p1 = ranks[0]["prompts"][step], ranks[1]["prompts"][step]
+        assert p0 != p1
+    assert ranks[0]["sha"] == ranks[1]["sha"]  # gradients averaged: the same policy on both ranks
+    assert ranks[0]["kl_coef"] == ranks[1]["kl_coef"] != 0.1  # one coefficient, moved by the step's KL

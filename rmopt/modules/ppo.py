@@ -157,17 +157,27 @@ class PPOModule(L.LightningModule):
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ data
-    def prompt_batch(self, step: int) -> tuple[list[str], list[str]]:
-        """The prompts of PPO iteration ``step``: a fixed function of (seed, step), so resuming repeats nothing."""
+    def prompt_batch(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[list[str], list[str]]:
+        """The prompts of process ``rank`` in PPO iteration ``step``: a fixed function of (seed, step, rank).
+
+        Under ddp the ranks take consecutive slices of one shuffled order, so they sample different
+        prompts and one step consumes ``rollout_batch_size x world_size`` of them; resuming repeats nothing.
+        """
         n, B = len(self.prompts), self.s.rollout_batch_size
+        first = (step * world_size + rank) * B
         idx = []
-        for i in range(step * B, (step + 1) * B):
+        for i in range(first, first + B):
             epoch = i // n
             if epoch not in self._perms:
                 self._perms = {epoch: np.random.default_rng(_seed(self.seed, epoch)).permutation(n)}
             idx.append(int(self._perms[epoch][i % n]))
         rows = self.prompts.select(idx)
         return list(rows["instruction"]), list(rows["input"])
+
+    def _noise_seed(self, *parts: int) -> int:
+        """A seed for this process's sampling noise: rank 0 (and a single process) uses ``parts`` alone."""
+        rank = self.global_rank
+        return _seed(self.seed, *parts, *((rank,) if rank else ()))
 
     # ------------------------------------------------------------------ rollouts
     def score(self, instructions, inputs, prompt_ids, answer_ids, texts) -> torch.Tensor:
@@ -226,8 +236,9 @@ class PPOModule(L.LightningModule):
         start = time.perf_counter()
         self.policy.eval()  # no dropout: the ratio must be exactly 1 before the first update
         self.reference.eval()
-        generator = torch.Generator(device=self.device).manual_seed(_seed(self.seed, step, 1))
-        instructions, inputs = self.prompt_batch(step)
+        generator = torch.Generator(device=self.device).manual_seed(self._noise_seed(step, 1))
+        world = self.trainer.world_size if self._trainer is not None else 1
+        instructions, inputs = self.prompt_batch(step, self.global_rank, world)
         r = self.rollout(instructions, inputs, generator, s.temperature)
         batch, mask = r["batch"], r["batch"]["answer_mask"]
         old_logprobs, old_values, ref_logprobs = (r[k].clone() for k in ("logprobs", "values", "ref_logprobs"))
@@ -241,7 +252,7 @@ class PPOModule(L.LightningModule):
 
         opt = self.optimizers()
         n = mask.size(0)
-        order_gen = torch.Generator().manual_seed(_seed(self.seed, step, 2))
+        order_gen = torch.Generator().manual_seed(self._noise_seed(step, 2))
         updates = [(e, i) for e in range(s.ppo_epochs) for i in range(0, n, s.minibatch_size)]
         acc: dict[str, list[float]] = {}
         for u, (_, i) in enumerate(updates):
@@ -271,7 +282,9 @@ class PPOModule(L.LightningModule):
         with torch.no_grad():
             kls = {name: sequence_kl(v, mask).mean() for name, v in kl_estimators(old_logprobs, ref_logprobs).items()}
         kl_coef_used = self.kl_ctl.value
-        self.kl_ctl.update(float(kls["k1"]), n)
+        # every rank updates the coefficient with the KL of the whole step (all ranks' answers)
+        step_kl = kls["k1"] if world == 1 else self.trainer.strategy.reduce(kls["k1"].clone(), reduce_op="mean")
+        self.kl_ctl.update(float(step_kl), n * world)
         elapsed = time.perf_counter() - start
         scores = r["scores"]
         metrics = {
