@@ -194,6 +194,26 @@ def prompt_mean_and_se(rows: list[dict], key: str) -> tuple[float, float]:
     return mean_and_se(per_prompt)
 
 
+def per_prompt_values(run_dir: str | os.PathLike) -> dict[str, list[list[float]]] | None:
+    """Each eval file's per-prompt means, [points, P] each: ``gold_score`` (NaN until scored),
+    ``proxy_score`` and ``kl``; None for eval files without prompt indices (older runs)."""
+    from rmopt.stats import group_means
+
+    out = {"gold_score": [], "proxy_score": [], "kl": []}
+    for path in eval_files(run_dir):
+        r = json.loads(path.read_text())
+        rows = r["rows"]
+        if not rows or "prompt" not in rows[0] or "kl_per_prompt" not in r:
+            return None
+        prompts = [row["prompt"] for row in rows]
+        out["proxy_score"].append(group_means([row["proxy"] for row in rows], prompts)[1].tolist())
+        scored = all("gold" in row for row in rows)
+        gold = group_means([row["gold"] for row in rows], prompts)[1].tolist() if scored else [float("nan")] * len(set(prompts))
+        out["gold_score"].append(gold)
+        out["kl"].append(r["kl_per_prompt"])
+    return out
+
+
 def run_points(run_dir: str | os.PathLike) -> list[dict]:
     """One point per eval file: step, KL, proxy (combined, each member, spread) and gold if scored, each
     mean with its standard error over prompts."""

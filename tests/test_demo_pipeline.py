@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import compose
 
@@ -128,18 +129,29 @@ def test_miniature_demo_writes_a_summary_with_every_field(demo_dir):
     )
     summary = write_report(demo_dir, settings)
     assert summary == json.loads((demo_dir / "summary.json").read_text())
-    assert set(summary["bon"]) == {"seed1", "seed2", "mean", "wco", "uwo_0.5"}
-    assert set(summary["ppo"]) == {"seed1", "mean", "wco", "uwo"}
+    assert set(summary["bon"]) == {"seed1", "seed2", "mean", "wco", "uwo_0.5", "single"}
+    assert set(summary["ppo"]) == {"seed1", "mean", "wco", "uwo", "single"}
     fields = {"gold_start", "gold_max", "gold_final", "drop", "proxy_start", "proxy_final"}
-    for name, s in summary["bon"].items():
-        assert fields | {"n_at_max", "n_final"} <= set(s), name
-        assert s["n_final"] == 8 and s["drop"] == pytest.approx(s["gold_max"] - s["gold_final"])
-    for name, s in summary["ppo"].items():
-        assert fields | {"kl_at_max", "kl_final", "step_final"} <= set(s), name
-        assert s["step_final"] == 4 and s["gold_max"] >= max(s["gold_start"], s["gold_final"])
+    for stage, x, final in (("bon", "n", 8), ("ppo", "kl", None)):
+        for name, s in summary[stage].items():
+            assert fields | {f"{k}_se" for k in fields} | {f"{x}_at_max", f"{x}_final"} <= set(s), name
+            assert s["drop"] == pytest.approx(s["gold_max"] - s["gold_final"])
+            assert all(s[f"{k}_se"] >= 0 for k in fields) and s["prompts"] == 6
+            if final:
+                assert s[f"{x}_final"] == final
+    # the average single RM of best-of-n is the mean of the members' curves
+    members = [json.loads((demo_dir / "bon" / m / "bon_sampled_results.json").read_text()) for m in ("seed1", "seed2")]
+    assert summary["bon"]["single"]["gold_final"] == pytest.approx(np.mean([m[-1]["gold_score"] for m in members]))
+    # each comparison is the ensemble's number minus the average single RM's
+    for stage in ("bon", "ppo"):
+        for name, c in summary["comparisons"][stage].items():
+            for key, d in c.items():
+                assert d["value"] == pytest.approx(summary[stage][name][key] - summary[stage]["single"][key])
+                assert d["se"] >= 0
     # every reward starts from the same answers at n = 1 and at step 0
     assert len({round(s["gold_start"], 6) for s in summary["bon"].values()}) == 1
     assert len({round(s["gold_start"], 6) for s in summary["ppo"].values()}) == 1
     report = (demo_dir / "report.md").read_text()
-    assert "## Best-of-n" in report and "## PPO" in report and "WCO ensemble" in report
+    assert "## Best-of-n" in report and "## PPO" in report and "WCO:" in report
+    assert "95% interval" in report and "Which knobs matter" not in report
     assert (demo_dir / "overoptimization.png").stat().st_size > 10_000

@@ -2,7 +2,11 @@ import json
 
 import pytest
 
-from rmopt.summary import bon_summary, curve_summary, ppo_summary
+import math
+
+import numpy as np
+
+from rmopt.summary import average_curve, bon_summary, curve_summary, difference, ppo_summary
 
 
 def test_curve_summary_rise_then_fall():
@@ -14,9 +18,34 @@ def test_curve_summary_rise_then_fall():
         "gold_final": 0.2,
         "n_final": 8,
         "drop": pytest.approx(0.5),
+        "rise": pytest.approx(0.2),
         "proxy_start": 0.0,
         "proxy_final": 3.0,
+        "proxy_gain": 3.0,
     }
+
+
+def test_standard_errors_of_the_summary_come_from_per_prompt_values():
+    # two prompts, three points; means 0.5, 0.7, 0.2: peak at the second point
+    gold = [[0.4, 0.6], [0.8, 0.6], [0.2, 0.2]]
+    s = curve_summary([1, 2, 4], np.mean(gold, axis=1), x_name="n", gold_per_prompt=gold)
+    assert (s["gold_max"], s["n_at_max"], s["drop"]) == (pytest.approx(0.7), 2, pytest.approx(0.5))
+    assert s["gold_max_se"] == pytest.approx(0.1)  # std([0.8, 0.6], ddof=1) / sqrt(2)
+    assert s["drop_se"] == pytest.approx(0.1)  # per-prompt drops 0.6 and 0.4
+    assert s["rise_se"] == pytest.approx(0.2) and s["gold_final_se"] == 0.0  # rises 0.4 and 0.0
+    other = curve_summary([1, 2, 4], [0.5, 0.6, 0.3], x_name="n", gold_per_prompt=[[0.4, 0.6], [0.7, 0.5], [0.4, 0.2]])
+    d = difference(s, other, "drop")  # per-prompt drops 0.6 - 0.3 and 0.4 - 0.3
+    assert d["value"] == pytest.approx(0.2) and d["se"] == pytest.approx(0.1)
+    assert math.isnan(difference(s, curve_summary([1, 2], [0.1, 0.0]), "drop")["se"])
+
+
+def test_average_curve_averages_per_prompt_and_recomputes_the_band():
+    a = {"n": [1, 2], "gold_score": [0.5, 0.6], "per_prompt": {"gold_score": [[0.4, 0.6], [0.5, 0.7]]}}
+    b = {"n": [1, 2], "gold_score": [0.5, 0.2], "per_prompt": {"gold_score": [[0.6, 0.4], [0.1, 0.3]]}}
+    avg = average_curve([a, b])
+    assert avg["gold_score"] == pytest.approx([0.5, 0.4])
+    np.testing.assert_allclose(avg["per_prompt"]["gold_score"], [[0.5, 0.5], [0.3, 0.5]])
+    assert avg["gold_score_se"] == pytest.approx([0.0, 0.1])
 
 
 def test_curve_summary_monotone_has_no_drop_and_ignores_unscored_points():
