@@ -38,6 +38,10 @@ def sample_ids(
 ) -> list[list[int]]:
     """Sample one answer per prompt (left padding, KV cache); each answer stops after its EOS.
 
+    An answer is every token sampled for its row, up to and including its first EOS (or all
+    ``max_new_tokens`` when it never samples EOS). A sampled pad id is an answer token like any
+    other: padding only exists after an answer's end, and each row's length says where that is.
+
     A plain loop over new tokens on the model's own cache: no per-step logits-processor machinery,
     which dominates the cost for small models.
     """
@@ -48,6 +52,7 @@ def sample_ids(
     batch = input_ids.size(0)
     out = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)  # tokens of each answer
     cache = None
     step_ids, step_pos = input_ids, position_ids
     for t in range(max_new_tokens):
@@ -57,21 +62,16 @@ def sample_ids(
         next_ids = _sample(logits, temperature, top_p, generator)
         next_ids = torch.where(done, torch.full_like(next_ids, pad_token_id), next_ids)
         out[:, t] = next_ids
-        done |= next_ids == eos_token_id
+        ended = ~done & (next_ids == eos_token_id)
+        lengths = torch.where(ended, torch.full_like(lengths, t + 1), lengths)
+        done |= ended
         if bool(done.all()):
             out = out[:, : t + 1]
             break
         step_ids = next_ids[:, None]
         step_pos = step_pos[:, -1:] + 1
         attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
-    answers = []
-    for row in out.tolist():
-        if eos_token_id in row:
-            row = row[: row.index(eos_token_id) + 1]
-        else:
-            row = [t for t in row if t != pad_token_id]
-        answers.append(row)
-    return answers
+    return [row[:n] for row, n in zip(out.tolist(), lengths.tolist(), strict=True)]
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
