@@ -44,6 +44,7 @@ def test_ddp_on_cpu_uses_gloo(tmp_path):
     assert trainer.num_devices == 2
 
 
+@pytest.mark.slow  # two gloo processes: about 15 s each; make test-full runs it
 def test_two_process_ddp_sft_on_cpu(tmp_path):
     """Two gloo processes train 5 steps; rank 0 alone writes the folder; synced val loss = one process's."""
     out, run = tmp_path / "out", tmp_path / "run"
@@ -153,6 +154,7 @@ def test_slurm_multirun_composes(tmp_path):
     assert launcher.gpus_per_node == 2 and cfg.trainer.strategy == "ddp"
 
 
+@pytest.mark.slow  # two gloo processes: about 15 s each; make test-full runs it
 def test_two_process_ddp_reward_model_on_cpu(tmp_path):
     """rmopt-rm under ddp on CPU: pairs in the published schema, two gloo processes, one saved model."""
     import datasets
