@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: test-gpu install demo demo-quick studies test test-full bench lint clean
+.PHONY: test-gpu install demo demo-quick replicates studies test test-full bench lint clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: install
 
 demo-quick: install
 	$(BIN)/python experiments/demo.py --quick
+
+# the demo K times with independent seeds (rep1 = make demo), summary and report over replicates
+REPLICATES ?= 3
+replicates: install
+	$(BIN)/python experiments/replicate.py --replicates $(REPLICATES) --out runs/replicates
 
 # the cheap studies on a finished demo (see experiments/); DEMO=runs/demo-quick after make demo-quick
 DEMO ?= runs/demo

@@ -29,14 +29,19 @@ SETTINGS = {
     # quick: a tiny world to see every stage work (a few minutes)
     "quick": dict(
         model="toy-tiny", sft_steps=400, pairs=1500, rm_steps=150, bon_prompts=40, big_n=128,
-        ppo_steps=40, ppo_eval_every=10, ppo_singles=[1], rollout=32, ppo_lr=1e-4,
+        ppo_steps=40, ppo_eval_every=10, ppo_singles=[1], rollout=32, ppo_lr=1e-4, eval_prompts=100, eval_samples=2,
     ),
     # full: the demo the report describes
     "full": dict(
         model="toy-small", sft_steps=1500, pairs=4000, rm_steps=400, bon_prompts=100, big_n=512,
-        ppo_steps=100, ppo_eval_every=5, ppo_singles=[1, 2, 3, 4, 5], rollout=64, ppo_lr=1e-4,
+        ppo_steps=100, ppo_eval_every=10, ppo_singles=[1, 2, 3, 4, 5], rollout=64, ppo_lr=1e-4,
+        eval_prompts=1000, eval_samples=2,
     ),
 }
+# Held-out prompts (the toy world's val split, unseen by every training split): best-of-n and PPO evaluate
+# on its first rows, the reward models' held-out pairs (and so their reward_stats.json) come from the rest.
+RM_VAL_SPLIT = "val[1000:]"
+MEMBERS = 5
 
 
 def run(*args: str, log=None) -> None:
@@ -49,14 +54,19 @@ def run(*args: str, log=None) -> None:
     print(f"  done in {time.time() - start:.0f} s", flush=True)
 
 
-def reward_models(s: dict, out: Path, sft: Path, noise: float, bootstrap: bool, members, log=None) -> Path:
+def member_seeds(seed: int) -> list[int]:
+    """The reward models' seeds of a demo run with ``seed``: 1..5 for seed 0, 6..10 for seed 1, ..."""
+    return [MEMBERS * seed + i for i in range(1, MEMBERS + 1)]
+
+
+def reward_models(s: dict, out: Path, sft: Path, noise: float, bootstrap: bool, members, log=None, seed: int = 0) -> Path:
     """Gold-labelled pairs at label noise ``noise`` and a reward-model sweep over ``members``: out/models/rm_seed*."""
     toy = ["experiment=toy", f"model={s['model']}"]
     pairs, rm = out / "data/pairs", out / "models/rm"
     run(
         "rmopt-pairs", *toy, f"model.name_or_path={sft}", f"output_dir={pairs}", f"label_noise={noise}",
-        "train_split=preference", f"data.sizes.preference={s['pairs']}", "max_new_tokens=24",
-        f"hydra.run.dir={out}/logs/pairs", log=log,
+        "train_split=preference", f"data.sizes.preference={s['pairs']}", f'val_split="{RM_VAL_SPLIT}"',
+        "max_new_tokens=24", f"seed={seed}", f"hydra.run.dir={out}/logs/pairs", log=log,
     )
     run(
         "rmopt-rm", "-m", *toy, f"model.name_or_path={sft}", f"data.path={pairs}", f"output_dir={rm}",
@@ -67,14 +77,15 @@ def reward_models(s: dict, out: Path, sft: Path, noise: float, bootstrap: bool, 
     return rm
 
 
-def best_of_n(s: dict, out: Path, sft: Path, rm: Path, members, uwo_weight: float, gold_gens: Path | None = None, log=None) -> Path:
+def best_of_n(s: dict, out: Path, sft: Path, rm: Path, members, uwo_weight: float, gold_gens: Path | None = None,
+              log=None, seed: int = 0, normalise: bool = True) -> Path:
     """Best-of-n for every member and ensemble into out/bon; answers sampled from ``sft`` unless ``gold_gens`` is given."""
     answers = [f"gold_gens={gold_gens}"] if gold_gens else [f"model.name_or_path={sft}"]
     run(
         "rmopt-bon", "experiment=toy", f"model={s['model']}", *answers, f'proxy_rm_path="{rm}_seed{{seed}}"',
         "seeds=[" + ",".join(map(str, members)) + "]", "ensembles=true", f"big_n={s['big_n']}",
-        f"num_prompts={s['bon_prompts']}", "normalise=true", f"uwo_weights=[{uwo_weight}]",
-        f"output_dir={out}/bon", f"hydra.run.dir={out}/logs/bon", log=log,
+        f"num_prompts={s['bon_prompts']}", f"normalise={str(normalise).lower()}", f"uwo_weights=[{uwo_weight}]",
+        f"seed={seed}", f"output_dir={out}/bon", f"hydra.run.dir={out}/logs/bon", log=log,
     )
     return out / "bon"
 
@@ -83,55 +94,65 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny models, few steps (a few minutes)")
     parser.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-quick)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds everything random (SFT, pairs, members 5*seed+1..5*seed+5, sampling, PPO); "
+                             "the toy world itself stays the same")
     parser.add_argument("--label-noise", type=float, default=0.25, help="fraction of wrong preference labels (paper: 0.25)")
     parser.add_argument("--no-bootstrap", action="store_true", help="members share their data (the paper's setup)")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="PPO's fixed KL coefficient (paper: 0 or 0.01)")
     parser.add_argument("--uwo-weight", type=float, default=0.5, help="lambda of UWO (on standardised member scores)")
     parser.add_argument("--verbose", action="store_true", help="show each stage's own output")
     args = parser.parse_args()
-    s = SETTINGS["quick" if args.quick else "full"]
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
-    if not out.is_absolute():
-        out = ROOT / out
+    summary = run_demo(out if out.is_absolute() else ROOT / out, args.quick, args.seed, args.label_noise,
+                       not args.no_bootstrap, args.kl_coef, args.uwo_weight, args.verbose)
+    print(json.dumps({k: {n: round(v['drop'], 3) for n, v in d.items()} for k, d in summary.items() if k in ("bon", "ppo")}, indent=1))
+
+
+def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float = 0.25, bootstrap: bool = True,
+             kl_coef: float = 0.0, uwo_weight: float = 0.5, verbose: bool = False) -> dict:
+    """The whole pipeline into ``out``; returns the summary (also ``out/summary.json``, ``out/report.md``)."""
+    s = SETTINGS["quick" if quick else "full"]
     out.mkdir(parents=True, exist_ok=True)
-    log = None if args.verbose else open(out / "demo.log", "a")
+    log = None if verbose else open(out / "demo.log", "a")
     if log:
         print(f"stage output goes to {out / 'demo.log'}")
     sft, rm = out / "models/sft", out / "models/rm"
-    members = [1, 2, 3, 4, 5]
+    members = member_seeds(seed)
     seeds = "[" + ",".join(map(str, members)) + "]"
     rm_pattern = f'proxy_rm_path="{rm}_seed{{seed}}"'
     toy = ["experiment=toy", f"model={s['model']}"]
     start = time.time()
 
-    run("rmopt-sft", *toy, f"output_dir={sft}", f"trainer.max_steps={s['sft_steps']}", f"hydra.run.dir={out}/logs/sft", log=log)
-    reward_models(s, out, sft, args.label_noise, not args.no_bootstrap, members, log=log)
-    best_of_n(s, out, sft, rm, members, args.uwo_weight, log=log)
+    run("rmopt-sft", *toy, f"output_dir={sft}", f"trainer.max_steps={s['sft_steps']}", f"seed={seed}",
+        f"hydra.run.dir={out}/logs/sft", log=log)
+    reward_models(s, out, sft, label_noise, bootstrap, members, log=log, seed=seed)
+    best_of_n(s, out, sft, rm, members, uwo_weight, log=log, seed=seed)
     ppo = [
-        *toy, f"model.name_or_path={sft}", rm_pattern, f"kl_coef={args.kl_coef}", "normalise=true",
+        *toy, f"model.name_or_path={sft}", rm_pattern, f"kl_coef={kl_coef}", "normalise=true", f"seed={seed}",
         f"trainer.max_steps={s['ppo_steps']}", f"eval_every={s['ppo_eval_every']}", f"rollout_batch_size={s['rollout']}",
-        f"optimizer.lr={s['ppo_lr']}", "eval_prompts=128", "logger=csv", "hydra/launcher=joblib",
-        # evaluate as the policy samples (temperature 1), so step 0 is best-of-n's n = 1
-        "eval_temperature=1.0", "eval_top_p=1.0",
+        f"optimizer.lr={s['ppo_lr']}", f"eval_prompts={s['eval_prompts']}", f"eval_samples={s['eval_samples']}",
+        "logger=csv", "hydra/launcher=joblib",
     ]
-    singles = ",".join(f"[{m}]" for m in s["ppo_singles"])
+    singles = ",".join(f"[{members[i - 1]}]" for i in s["ppo_singles"])
     run(
         "rmopt-ppo", "-m", *ppo, f"seeds={singles}", "objective=single",
         f"output_dir={out}/ppo/seed${{seeds.0}}", f"hydra.sweep.dir={out}/logs/ppo-single", log=log,
     )
     run(
-        "rmopt-ppo", "-m", *ppo, f"seeds={seeds}", "objective=mean,wco,uwo", f"++objective.weight={args.uwo_weight}",
+        "rmopt-ppo", "-m", *ppo, f"seeds={seeds}", "objective=mean,wco,uwo", f"++objective.weight={uwo_weight}",
         f"output_dir={out}/ppo/${{objective.name}}", f"hydra.sweep.dir={out}/logs/ppo-ensemble", log=log,
     )
     run("rmopt-ppo-gold", f"run_dir={out}/ppo/*", f"output_dir={out}/ppo", f"hydra.run.dir={out}/logs/ppo-gold", log=log)
 
     from experiments.report import write_report
 
-    settings = {**s, "label_noise": args.label_noise, "bootstrap": not args.no_bootstrap, "kl_coef": args.kl_coef,
-                "uwo_weight": args.uwo_weight, "members": members, "minutes": round((time.time() - start) / 60, 1)}
+    settings = {**s, "seed": seed, "label_noise": label_noise, "bootstrap": bootstrap, "kl_coef": kl_coef,
+                "uwo_weight": uwo_weight, "normalise": True, "members": members, "rm_val_split": RM_VAL_SPLIT,
+                "minutes": round((time.time() - start) / 60, 1)}
     summary = write_report(out, settings)
     print(f"\nsummary: {out / 'summary.json'}\nreport:  {out / 'report.md'}  ({settings['minutes']} min)")
-    print(json.dumps({k: {n: round(v['drop'], 3) for n, v in d.items()} for k, d in summary.items() if k in ("bon", "ppo")}, indent=1))
+    return summary
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def ppo_curve_from(run: str | Path) -> dict:
     from rmopt.ppo import per_prompt_values
 
     points = json.loads((Path(run) / "results.json").read_text())["points"]
-    curve = {k: [p.get(k, math.nan) for p in points] for k in ("step", "kl", "proxy_score", "gold_score")}
+    keys = ("step", "kl", "kl_se", "proxy_score", "proxy_score_se", "gold_score", "gold_score_se")
+    curve = {k: [p.get(k, math.nan) for p in points] for k in keys}
     per_prompt = per_prompt_values(run) if (Path(run) / "eval").is_dir() else None
     if per_prompt is not None:
         curve["per_prompt"] = per_prompt

@@ -155,3 +155,43 @@ def test_miniature_demo_writes_a_summary_with_every_field(demo_dir):
     assert "## Best-of-n" in report and "## PPO" in report and "WCO:" in report
     assert "95% interval" in report and "Which knobs matter" not in report
     assert (demo_dir / "overoptimization.png").stat().st_size > 10_000
+
+
+def test_replicate_summary_is_mean_and_se_over_replicates():
+    from experiments.replicate import replicate_summary
+
+    def rep(drop, diff):
+        s = {"gold_start": 0.5, "gold_max": 0.5 + drop, "drop": drop, "drop_se": 0.01, "n_at_max": 4}
+        return {"bon": {"single": s, "wco": s, "seed1": s}, "ppo": {"single": s, "wco": s},
+                "comparisons": {"bon": {"wco": {k: {"value": diff, "se": 0.1} for k in ("drop", "gold_final", "gold_max")}},
+                                "ppo": {}}}
+
+    out = replicate_summary([rep(0.1, -0.2), rep(0.3, -0.1), rep(0.2, 0.0)])
+    assert set(out["bon"]) == {"single", "wco"}  # members differ between replicates; not aggregated
+    single = out["bon"]["single"]
+    assert single["drop"] == pytest.approx(0.2) and single["drop_se"] == pytest.approx(0.1 / 3**0.5)
+    assert single["drop_replicates"] == [0.1, 0.3, 0.2] and "drop_se_se" not in single
+    c = out["comparisons"]["bon"]["wco"]["drop"]
+    assert c["value"] == pytest.approx(-0.1) and c["se"] == pytest.approx(0.1 / 3**0.5)  # SE over replicates, not prompts
+
+
+def test_replicate_report_over_two_copies_of_a_demo(demo_dir, tmp_path):
+    import shutil
+
+    from experiments.replicate import write_replicate_report
+    from experiments.report import write_report
+
+    settings = dict(model="toy-tiny", sft_steps=150, pairs=256, rm_steps=16, bon_prompts=6, big_n=8, ppo_steps=4,
+                    label_noise=0.25, bootstrap=True, kl_coef=0.0, uwo_weight=0.5, members=[1, 2], minutes=0.0, seed=0)
+    write_report(demo_dir, settings)
+    reps = [tmp_path / "rep1", tmp_path / "rep2"]
+    for rep in reps:
+        shutil.copytree(demo_dir, rep)
+    summary = write_replicate_report(tmp_path, reps)
+    one = json.loads((demo_dir / "summary.json").read_text())
+    for stage in ("bon", "ppo"):
+        for name, s in summary[stage].items():
+            assert s["gold_final"] == pytest.approx(one[stage][name]["gold_final"]) and s["gold_final_se"] == 0.0
+    assert summary["settings"]["replicates"] == 2
+    report = (tmp_path / "report.md").read_text()
+    assert "over the 2 replicates" in report and (tmp_path / "overoptimization.png").exists()

@@ -299,11 +299,13 @@ class ToyData:
             from rmopt.toy.world import generate_dataset
 
             self._splits = generate_dataset(dict(self.sizes), seed=self.seed, sft_noise=self.sft_noise)
-        if split not in self._splits:
+        match = _SLICE.match(split.replace(" ", ""))
+        if match is None or match["name"] not in self._splits:
             raise RmoptError(
-                f"toy data has no split {split!r}; it has {sorted(self._splits)} (sizes {dict(self.sizes)})"
+                f"toy data has no split {split!r}; it has {sorted(self._splits)} (sizes {dict(self.sizes)}), "
+                "each also as name[start:stop]"
             )
-        return self._splits[split]
+        return select_split(self._splits, split, "toy")
 
     def preferences(self, split: str):
         return _preferences(self.path, split)

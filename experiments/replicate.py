@@ -1,0 +1,129 @@
+"""Replicates of the whole demo: `make replicates` (K = 3).
+
+Reruns the demo pipeline K times with independent seeds for everything that is random (SFT, pairs,
+reward models, best-of-n sampling, PPO; replicate r runs `experiments/demo.py --seed r-1`, so rep1 is
+`make demo`), each into its own demo folder `<out>/rep1 ... repK`, then writes:
+
+- `<out>/summary.json`: every summary number of the demo (each ensemble and the average single RM, for
+  best-of-n and PPO) and every comparison with the average single RM, as the mean over replicates
+  with its standard error over replicates (`<key>_se`) and the replicates' own values;
+- `<out>/overoptimization.png`: the curves as mean over replicates +- 1.96 SE bands;
+- `<out>/report.md`: the report, its statements computed from these numbers.
+
+Run:  python experiments/replicate.py --replicates 3 --out runs/replicates [--quick]
+A rerun skips every stage already done and only redraws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.demo import ROOT, run_demo  # noqa: E402
+from experiments.report import COMPARED, SINGLE, STAGES, demo_curves, headline_figure, report_text  # noqa: E402
+from rmopt.stats import standard_error  # noqa: E402
+from rmopt.utils import atomic_write_json, atomic_write_text  # noqa: E402
+
+
+def _common_names(summaries: Sequence[Mapping], stage: str) -> list[str]:
+    """Rewards present in every replicate (ensembles and the average single RM; members differ by seed)."""
+    names = [n for n in summaries[0][stage] if not n.startswith("seed")]
+    return [n for n in names if all(n in s[stage] for s in summaries)]
+
+
+def _aggregate(values: Sequence[Mapping], keys: Sequence[str]) -> dict:
+    out = {}
+    for key in keys:
+        xs = [float(v[key]) for v in values]
+        out[key], out[f"{key}_se"], out[f"{key}_replicates"] = float(np.mean(xs)), standard_error(xs), xs
+    return out
+
+
+def replicate_summary(summaries: Sequence[Mapping]) -> dict:
+    """Mean and SE over replicates of every number of the replicates' demo summaries."""
+    out: dict = {}
+    for stage, x in STAGES.items():
+        names = _common_names(summaries, stage)
+        keys = [k for k in summaries[0][stage][names[0]] if not k.endswith("_se") and isinstance(summaries[0][stage][names[0]][k], (int, float))]
+        out[stage] = {name: _aggregate([s[stage][name] for s in summaries], keys) for name in names}
+    out["comparisons"] = {}
+    for stage in STAGES:
+        out["comparisons"][stage] = {}
+        for name in summaries[0]["comparisons"].get(stage, {}):
+            out["comparisons"][stage][name] = {}
+            for key in COMPARED:
+                xs = [float(s["comparisons"][stage][name][key]["value"]) for s in summaries]
+                out["comparisons"][stage][name][key] = {"value": float(np.mean(xs)), "se": standard_error(xs), "replicates": xs}
+    return out
+
+
+def replicate_curves(curve_sets: Sequence[Mapping[str, Mapping[str, dict]]]) -> dict:
+    """Each reward's curve as the mean over replicates, with ``gold_score_se`` / ``proxy_score_se`` over replicates."""
+    out = {}
+    for stage in STAGES:
+        names = [n for n in curve_sets[0][stage] if not n.startswith("seed") and all(n in c[stage] for c in curve_sets)]
+        out[stage] = {}
+        for name in names:
+            curves = [c[stage][name] for c in curve_sets]
+            agg = {}
+            for key in ("n", "kl_bon", "step", "kl", "gold_score", "proxy_score"):
+                if key in curves[0]:
+                    values = np.array([np.asarray(c[key], dtype=np.float64) for c in curves])
+                    agg[key] = values.mean(axis=0).tolist()
+                    if key in ("gold_score", "proxy_score"):
+                        agg[f"{key}_se"] = np.atleast_1d(standard_error(values, axis=0)).tolist()
+            out[stage][name] = agg
+    return out
+
+
+def write_replicate_report(out: Path, reps: Sequence[Path]) -> dict:
+    summaries = [json.loads((rep / "summary.json").read_text()) for rep in reps]
+    settings = {**summaries[0]["settings"], "replicates": len(reps), "seeds": [s["settings"].get("seed") for s in summaries],
+                "minutes": [s["settings"].get("minutes") for s in summaries]}
+    settings.pop("seed", None)
+    summary = {"settings": settings, **replicate_summary(summaries)}
+    atomic_write_json(out / "summary.json", summary)
+    k = len(reps)
+    headline_figure(replicate_curves([demo_curves(rep) for rep in reps]), out / "overoptimization.png",
+                    f"Gold score as the proxy is optimized harder: mean of {k} replicates, bands 95% over replicates")
+    uncertainty = (f"the standard errors are over the {k} replicates (independent seeds for SFT, pairs, reward models, "
+                   f"sampling and PPO; each replicate's own numbers, with SEs over prompts, are in rep1/ ... rep{k}/). "
+                   f"With only {k} replicates the standard error is itself rough.")
+    intro = (f"Made by `experiments/replicate.py --replicates {k}`: {k} runs of `experiments/demo.py` "
+             f"(seeds {settings['seeds']}, minutes per replicate {settings['minutes']}). The '{SINGLE}' rows are the "
+             "average of each replicate's single reward models.")
+    atomic_write_text(out / "report.md", report_text(summary, settings, "overoptimization.png", uncertainty, intro))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replicates", type=int, default=3, help="K, the number of independent replicates (default 3)")
+    parser.add_argument("--out", default="runs/replicates", help="output folder (default runs/replicates)")
+    parser.add_argument("--quick", action="store_true", help="the quick demo's sizes")
+    parser.add_argument("--verbose", action="store_true", help="show each stage's own output")
+    args = parser.parse_args()
+    if args.replicates < 2:
+        parser.error(f"--replicates {args.replicates}: expected at least 2 (a standard error needs two replicates)")
+    out = Path(args.out)
+    out = out if out.is_absolute() else ROOT / out
+    start = time.time()
+    reps = []
+    for r in range(1, args.replicates + 1):
+        print(f"\n=== replicate {r} of {args.replicates} (seed {r - 1}) ===", flush=True)
+        reps.append(out / f"rep{r}")
+        run_demo(reps[-1], quick=args.quick, seed=r - 1, verbose=args.verbose)
+    write_replicate_report(out, reps)
+    print(f"\nsummary: {out / 'summary.json'}\nreport:  {out / 'report.md'}  ({(time.time() - start) / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
