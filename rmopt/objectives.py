@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from rmopt.errors import RmoptError
+
 OBJECTIVES = ("mean", "wco", "uwo", "single")
 
 
@@ -135,10 +137,14 @@ class Objective:
     """A named objective with its weight, built from ``conf/objective/*.yaml``; call it on [k, ...] scores."""
 
     def __init__(self, name: str, weight: float | None = None):
+        # Built from the user's config (objective=..., objective.weight=...): its mistakes are user errors.
         if name not in OBJECTIVES:
-            raise ValueError(f"unknown objective {name!r}; expected one of {list(OBJECTIVES)}")
+            raise RmoptError(f"unknown objective {name!r}; expected one of {list(OBJECTIVES)}")
         if name == "uwo":
-            weight = _check_uwo_weight(weight)
+            try:
+                weight = _check_uwo_weight(weight)
+            except (TypeError, ValueError) as e:
+                raise RmoptError(f"objective.weight: {e}") from None
         self.name, self.weight = name, weight
 
     def __call__(self, x):

@@ -63,11 +63,17 @@ def _run_job(fn, cfg):
     process exits 1, before Hydra can add its own "Error executing job" line; other exceptions raise
     as usual (``RMOPT_TRACEBACK=1`` shows user errors' tracebacks too).
     """
+    from rmopt.errors import check_value_types
+
+    def task():
+        check_value_types(cfg)  # seed=abc: one line naming the key, not a ValueError inside the stage
+        return fn(cfg)
+
     if not in_multirun():
         from rmopt.errors import one_line, user_error
 
         try:
-            return fn(cfg)
+            return task()
         except Exception as e:
             cause = user_error(e)
             if cause is None or os.environ.get("RMOPT_TRACEBACK"):
@@ -75,7 +81,7 @@ def _run_job(fn, cfg):
             print(f"error: {one_line(cause)}", file=sys.stderr)
             raise SystemExit(1) from None
     try:
-        return fn(cfg)
+        return task()
     except Exception as e:  # any failure of one member: record it, let the sweep go on
         from rmopt.utils import atomic_write_json
 

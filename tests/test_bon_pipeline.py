@@ -282,6 +282,6 @@ def test_cli_help_and_bare_seed_braces():
         capture_output=True,
         text=True,
     )
-    assert bare.returncode == 2
+    assert bare.returncode == 1  # a user error: exit code 1, as every stage
     assert bare.stderr.strip().count("\n") == 0
     assert "'proxy_rm_path=\"models/x_seed{seed}\"'" in bare.stderr

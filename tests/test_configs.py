@@ -97,7 +97,7 @@ def test_bad_overrides_are_caught_before_hydra(args, message):
 
 
 def test_good_overrides_pass():
-    check_overrides(["model=toy-small", "objective=mean,wco", "'proxy_rm_path=\"a{seed}\"'", "+x.y=1", "seed=3"])
+    check_overrides(["model=toy-small", "objective=mean,wco", 'proxy_rm_path="a{seed}"', "+x.y=1", "seed=3"])
     check_overrides(["proxy_rm_path=\"models/x_seed{seed}\""])
 
 
