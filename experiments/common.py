@@ -63,6 +63,30 @@ def run_cli(*args: str, log=None) -> None:
     run(*args, log=log)
 
 
+RUN_CONFIG = "rmopt_config.yaml"
+
+
+def run_config(folder: str | Path):
+    """The resolved config a stage saved beside its output (``rmopt_config.yaml``)."""
+    from omegaconf import OmegaConf
+
+    path = Path(folder) / RUN_CONFIG
+    if not path.exists():
+        raise RmoptError(f"{str(path)!r} is missing; expected a folder written by an rmopt stage")
+    return OmegaConf.load(path)
+
+
+def rerun(stage: str, folder: str | Path, output_dir: Path, *changes: str, multirun: bool = False, log=None) -> None:
+    """Run ``stage`` with the config the demo's run in ``folder`` was made with, changing only ``changes``
+    (plus where it writes): ``rmopt-ppo --config-dir <folder> --config-name rmopt_config kl_coef=0.01 ...``."""
+    cfg = run_config(folder)
+    logs = Path(output_dir).parent / "logs" / Path(output_dir).name
+    where = [f"output_dir={output_dir}", f"hydra.{'sweep' if multirun else 'run'}.dir={logs}"]
+    where += [f"logger.{name}.save_dir={logs}" for name in (cfg.get("logger") or {}) if "save_dir" in cfg.logger[name]]
+    run_cli(stage, *(["-m"] if multirun else []), "--config-dir", str(folder), "--config-name", RUN_CONFIG.removesuffix(".yaml"),
+            *changes, *where, log=log)
+
+
 # ---------------------------------------------------------------------------------------------
 # the stored best-of-n scores
 
@@ -78,13 +102,13 @@ class BonStore:
     ns: list[int]
 
 
-def load_bon_store(bon_dir: str | Path, normalise: bool = True, gold_gens: str | None = None) -> BonStore:
+def load_bon_store(bon_dir: str | Path, normalise: bool | None = None, gold_gens: str | None = None) -> BonStore:
     """Read a ``rmopt-bon`` output folder's stored proxy scores and gold scores (no model is loaded).
 
     ``normalise`` standardises each member with its folder's reward_stats.json, as ``rmopt-bon
-    normalise=true`` does (the demo's setting); ns are those of the run (bon_run.json). The answers'
-    gold scores come from ``gold_gens``, else the folder's own ``gold_gens/``, else the ``gold_gens``
-    the run was given (its rmopt_config.yaml).
+    normalise=true`` does; None (the default) does what the run did (its rmopt_config.yaml). ns are
+    those of the run (bon_run.json). The answers' gold scores come from ``gold_gens``, else the
+    folder's own ``gold_gens/``, else the ``gold_gens`` the run was given (its rmopt_config.yaml).
     """
     import pyarrow.parquet as pq
 
@@ -112,6 +136,8 @@ def load_bon_store(bon_dir: str | Path, normalise: bool = True, gold_gens: str |
             paths.append(meta["members"][name]["path"])
             arrays.append(table.column(column).to_numpy().reshape(P, N))
     scores = np.stack(arrays).astype(np.float32)
+    if normalise is None:
+        normalise = bool(run_config(bon_dir).get("normalise", False))
     if normalise:
         scores = _normalise(scores, [p for p in dict.fromkeys(paths)])
     gold = load_gold_gens(gold_gens or _gold_gens_of(bon_dir, GENS_DIR), N, P).gold
@@ -134,34 +160,37 @@ def _gold_gens_of(bon_dir: Path, gens_dir: str) -> str:
 
 
 def objective_curve(scores: np.ndarray, gold: np.ndarray, ns: Sequence[int], objective: str, weight: float | None = None) -> dict:
-    """Best-of-n curve {"n", "kl_bon", "proxy_score", "gold_score"} of an objective over members [k, P, N]."""
-    from rmopt.bon import kl_bon, unbiased_best_of_n
+    """Best-of-n curve of an objective over members [k, P, N] (or one member [P, N] with "single"), as
+    ``rmopt-bon`` computes it: {"n", "kl_bon", "proxy_score", "gold_score"}, their SEs and per-prompt values."""
+    from rmopt.bon_pipeline import bon_curve
     from rmopt.objectives import combine
 
     proxy = combine(objective, np.asarray(scores), weight) if objective != "single" else np.asarray(scores)
-    result = unbiased_best_of_n(proxy, gold, ns)
-    return {
-        "n": [int(n) for n in result["n"]],
-        "kl_bon": [float(v) for v in np.atleast_1d(kl_bon(result["n"]))],
-        "proxy_score": [float(v) for v in result["proxy_score"]],
-        "gold_score": [float(v) for v in result["gold_score"]],
-    }
+    return bon_curve(proxy, gold, ns)
 
 
 def mean_curve(curves: Sequence[Mapping[str, Sequence]]) -> dict:
-    """Pointwise average of curves with the same x values (e.g. the single members averaged)."""
-    keys = [k for k in ("n", "kl_bon", "kl", "step") if k in curves[0]]
-    out = {k: list(curves[0][k]) for k in keys}
-    for score in ("proxy_score", "gold_score"):
-        out[score] = [float(v) for v in np.mean([c[score] for c in curves], axis=0)]
-    return out
+    """Pointwise average of curves over the same points (e.g. the single members averaged), per prompt too."""
+    from rmopt.summary import average_curve
+
+    return average_curve(curves)
 
 
 def gold_stats(curve: Mapping[str, Sequence], x_key: str = "n") -> dict:
-    """Gold at the start, the peak (and where), the end, and the drop from peak to end."""
-    from rmopt.summary import curve_summary
+    """Gold at the start, the peak (and where), the end, and the drop from peak to end, each with its SE over prompts."""
+    from rmopt.summary import summarise, without_per_prompt
 
-    return curve_summary(curve[x_key], curve["gold_score"], curve["proxy_score"], x_name=x_key)
+    return without_per_prompt(summarise(curve, x_key))
+
+
+def stats_row(stats: Mapping, *keys: str, **extra) -> dict:
+    """A table row: ``extra`` first, then each key of ``stats`` with its standard error where it has one."""
+    row = dict(extra)
+    for key in keys:
+        row[key] = stats[key]
+        if f"{key}_se" in stats:
+            row[f"{key}_se"] = stats[f"{key}_se"]
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,18 +198,31 @@ def gold_stats(curve: Mapping[str, Sequence], x_key: str = "n") -> dict:
 
 
 def write_json(path: Path, obj) -> Path:
+    """``obj`` as JSON, without the curves' per-prompt arrays (their SEs stay)."""
     from rmopt.utils import atomic_write_json
 
-    atomic_write_json(path, obj)
+    def strip(x):
+        if isinstance(x, Mapping):
+            return {k: strip(v) for k, v in x.items() if k != "per_prompt"}
+        if isinstance(x, (list, tuple)):
+            return [strip(v) for v in x]
+        return x
+
+    atomic_write_json(path, strip(obj))
     return path
 
 
 def print_table(rows: Sequence[Mapping], columns: Sequence[str], title: str = "") -> None:
-    """A plain text table: floats with 4 decimals."""
-    def cell(v):
+    """A plain text table: floats with 4 decimals, +- 1.96 SE where the row has ``<column>_se``."""
+    from rmopt.stats import Z95
+
+    def cell(row, c):
+        v, se = row.get(c, ""), row.get(f"{c}_se")
+        if isinstance(v, float) and isinstance(se, float) and np.isfinite(se):
+            return f"{v:.4f} +-{Z95 * se:.4f}"
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[cell(r, c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[j]) for row in cells)) for j, c in enumerate(columns)]
     if title:
         print(title)
@@ -192,20 +234,21 @@ def print_table(rows: Sequence[Mapping], columns: Sequence[str], title: str = ""
 def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: int | None = None) -> Path:
     """One PNG of several panels. A panel: {"title", "xlabel", "ylabel", "log_x" (bool) or "symlog_x"
     (its linear threshold), "lines": [{"x", "y", "label",
-    and optional "style" (matplotlib kwargs)}]}. Written atomically."""
+    and optional "se" (a +-1.96 SE band) and "style" (matplotlib kwargs)}]}. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rmopt.report import save_png
+    from rmopt.report import band, save_png
 
     ncols = ncols or min(3, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False)
     for ax, panel in zip(axes.ravel(), panels, strict=False):
         for line in panel["lines"]:
-            ax.plot(line["x"], line["y"], label=line.get("label"), **{"marker": ".", **line.get("style", {})})
+            (drawn,) = ax.plot(line["x"], line["y"], label=line.get("label"), **{"marker": ".", **line.get("style", {})})
+            band(ax, line["x"], line["y"], line.get("se"), drawn.get_color())
         if panel.get("log_x"):
             ax.set_xscale("log")
         elif panel.get("symlog_x"):

@@ -25,6 +25,7 @@ from experiments.common import (  # noqa: E402
     parse_args,
     print_table,
     save_figure,
+    stats_row,
     study_main,
     write_json,
 )
@@ -48,8 +49,7 @@ def summarise(curves: dict) -> list[dict]:
     for objective, by_k in curves.items():
         for k, curve in by_k.items():
             s = gold_stats(curve)
-            rows.append({"objective": objective, "k": k, "gold_final": s["gold_final"], "gold_max": s["gold_max"],
-                         "n_at_max": s["n_at_max"], "drop": s["drop"], "n_final": s["n_final"]})
+            rows.append(stats_row(s, "gold_final", "gold_max", "n_at_max", "drop", "n_final", objective=objective, k=k))
     return rows
 
 
@@ -58,7 +58,7 @@ def figure(curves: dict, path: Path, title: str) -> Path:
     for objective, by_k in curves.items():
         panels.append({
             "title": f"{objective}: gold vs n", "xlabel": "n", "ylabel": "gold score", "log_x": True,
-            "lines": [{"x": c["n"], "y": c["gold_score"], "label": f"k={k}"} for k, c in by_k.items()],
+            "lines": [{"x": c["n"], "y": c["gold_score"], "se": c.get("gold_score_se"), "label": f"k={k}"} for k, c in by_k.items()],
         })
     rows = summarise(curves)
     for key, label in (("gold_final", "gold at the largest n"), ("gold_max", "peak gold")):

@@ -8,13 +8,13 @@ runs: gold and proxy score against KL(policy || initial) and against steps. Expe
 minutes on 2 CPU cores with the quick demo's sizes.
 
 Run:  python experiments/kl_penalty.py --demo runs/demo-quick [--kl-coef 0.01] [--verbose]
-Writes <out>/kl<coef>/{seed1,wco}/ (PPO runs), kl_penalty.json and kl_penalty.png.
+Each run is the demo's own (its saved rmopt_config.yaml) with only kl_coef changed.
+Writes <out>/kl<coef>/{seed<first member>,wco}/ (PPO runs), kl_penalty.json and kl_penalty.png.
 A rerun skips PPO runs that are already finished (the CLI's own check) and only redraws.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,51 +22,52 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import (  # noqa: E402
-    demo_settings,
     gold_stats,
     parse_args,
     print_table,
+    rerun,
     run_cli,
+    run_config,
     save_figure,
+    stats_row,
     study_main,
     write_json,
 )
 from rmopt.errors import RmoptError  # noqa: E402
 
 STUDY = "kl_penalty"
-RUNS = ("seed1", "wco")  # a single RM and the WCO ensemble
 
 
-def run_ppo(demo: Path, folder: Path, kl_coef: float, settings: dict, log=None) -> dict[str, Path]:
-    """PPO with a single RM (seed 1) and with WCO at ``kl_coef``, as the demo runs PPO; then gold scores."""
-    s = settings
-    members = [int(m) for m in s.get("members", [1, 2, 3, 4, 5])]
-    ppo = [
-        "experiment=toy", f"model={s['model']}", f"model.name_or_path={demo / 'models/sft'}",
-        f'proxy_rm_path="{demo / "models/rm"}_seed{{seed}}"', f"kl_coef={kl_coef}", "normalise=true",
-        f"trainer.max_steps={s['ppo_steps']}", f"eval_every={s['ppo_eval_every']}", f"rollout_batch_size={s['rollout']}",
-        "eval_prompts=128", "logger=csv",
-    ]
-    run_cli("rmopt-ppo", *ppo, f"seeds=[{members[0]}]", "objective=single", f"output_dir={folder / 'seed1'}",
-            f"hydra.run.dir={folder}/logs/ppo-seed1", log=log)
-    run_cli("rmopt-ppo", *ppo, "seeds=[" + ",".join(map(str, members)) + "]", "objective=wco",
-            f"output_dir={folder / 'wco'}", f"hydra.run.dir={folder}/logs/ppo-wco", log=log)
-    run_cli("rmopt-ppo-gold", f"run_dirs=[{folder / 'seed1'},{folder / 'wco'}]", f"output_dir={folder}",
+def runs_of(demo: Path) -> tuple[str, str]:
+    """The demo's first single-RM PPO run and its WCO run (folder names under <demo>/ppo)."""
+    singles = sorted((p.name for p in (demo / "ppo").glob("seed*")), key=lambda n: int(n[4:]))
+    if not singles or not (demo / "ppo" / "wco").is_dir():
+        raise RmoptError(f"{str(demo / 'ppo')!r} has no seed*/ and wco/ PPO runs; expected a finished demo folder")
+    return singles[0], "wco"
+
+
+def run_ppo(demo: Path, folder: Path, kl_coef: float, log=None) -> dict[str, Path]:
+    """The demo's PPO runs of a single RM and of WCO again, with only ``kl_coef`` changed; then gold scores."""
+    runs = runs_of(demo)
+    for name in runs:
+        rerun("rmopt-ppo", demo / "ppo" / name, folder / name, f"kl_coef={kl_coef}", log=log)
+    run_cli("rmopt-ppo-gold", f"run_dirs=[{','.join(str(folder / n) for n in runs)}]", f"output_dir={folder}",
             f"hydra.run.dir={folder}/logs/ppo-gold", log=log)
-    return {name: folder / name for name in RUNS}
+    return {name: folder / name for name in runs}
 
 
 def load_run(run: Path) -> dict:
     path = Path(run) / "results.json"
     if not path.exists():
         raise RmoptError(f"{str(path)!r} is missing; expected a gold-scored PPO run (rmopt-ppo-gold run_dir={run})")
-    points = json.loads(path.read_text())["points"]
-    return {k: [p[k] for p in points] for k in ("step", "kl", "proxy_score", "gold_score")}
+    from rmopt.summary import ppo_curve_from
+
+    return ppo_curve_from(run)
 
 
 def figure(curves: dict, path: Path, title: str) -> Path:
     def line(name, c, x, y):
-        return {"x": c[x], "y": c[y], "label": name,
+        return {"x": c[x], "y": c[y], "se": c.get(f"{y}_se"), "label": name,
                 "style": {"linestyle": "-" if "kl0 " in name or name.endswith("kl0") else "--"}}
 
     panels = [
@@ -87,8 +88,8 @@ def main() -> None:
         parser.add_argument("--verbose", action="store_true", help="show each stage's output (else <out>/study.log)")
 
     args = parse_args(__doc__, STUDY, extra)
-    settings = demo_settings(args.demo)
-    demo_coef = float(settings.get("kl_coef", 0.0))
+    RUNS = runs_of(args.demo)
+    demo_coef = float(run_config(args.demo / "ppo" / RUNS[1]).kl_coef)
     coef = args.kl_coef if args.kl_coef is not None else (0.01 if demo_coef == 0 else 0.0)
     if not coef >= 0:
         raise SystemExit(f"error: --kl-coef {coef}; expected a number >= 0")
@@ -100,7 +101,7 @@ def main() -> None:
         print(f"PPO with kl_coef={coef:g} (demo: {demo_coef:g}) for {', '.join(RUNS)} in {folder}"
               + ("" if args.verbose else f"; stage output in {folder / 'study.log'}"), flush=True)
         start = time.time()
-        runs[coef] = run_ppo(args.demo, folder, coef, settings, log)
+        runs[coef] = run_ppo(args.demo, folder, coef, log)
         print(f"trained and gold-scored in {(time.time() - start) / 60:.1f} min", flush=True)
     curves, rows = {}, []
     for c in sorted(runs):
@@ -108,9 +109,8 @@ def main() -> None:
             label = f"{name} kl{c:g}"
             curves[label] = load_run(run)
             st = gold_stats(curves[label], "kl")
-            rows.append({"kl_coef": c, "run": name, "kl_final": st["kl_final"], "gold_start": st["gold_start"],
-                         "gold_max": st["gold_max"], "kl_at_max": st["kl_at_max"], "gold_final": st["gold_final"],
-                         "drop": st["drop"], "proxy_final": st["proxy_final"]})
+            rows.append(stats_row(st, "kl_final", "gold_start", "gold_max", "kl_at_max", "gold_final", "drop", "proxy_final",
+                                  kl_coef=c, run=name))
     png = figure(curves, args.out / f"{STUDY}.png", f"PPO, KL coefficient {' vs '.join(f'{c:g}' for c in sorted(runs))}")
     js = write_json(args.out / f"{STUDY}.json", {
         "demo": str(args.demo), "runs": {f"{c:g}": {n: str(r) for n, r in v.items()} for c, v in runs.items()},

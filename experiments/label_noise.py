@@ -21,14 +21,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import (  # noqa: E402
-    demo_settings,
     gold_stats,
     load_bon_store,
     mean_curve,
     objective_curve,
     parse_args,
     print_table,
+    rerun,
+    run_config,
     save_figure,
+    stats_row,
     study_main,
     write_json,
 )
@@ -36,15 +38,17 @@ from experiments.common import (  # noqa: E402
 STUDY = "label_noise"
 
 
-def train_and_bon(demo: Path, out: Path, noise: float, settings: dict, log=None) -> Path:
-    """Pairs, a 5-seed RM sweep and best-of-n at label noise ``noise``, as the demo runs them. Returns the bon folder."""
-    from experiments.demo import best_of_n, reward_models
-
-    s = settings
-    members = [int(m) for m in s.get("members", [1, 2, 3, 4, 5])]
-    sft = demo / "models/sft"
-    rm = reward_models(s, out, sft, noise, bool(s.get("bootstrap", True)), members, log=log)
-    return best_of_n(s, out, sft, rm, members, s.get("uwo_weight", 0.5), gold_gens=demo / "bon/gold_gens", log=log)
+def train_and_bon(demo: Path, out: Path, noise: float, log=None) -> Path:
+    """The demo's pairs, reward-model sweep and best-of-n again, with only the label noise changed (each
+    stage from the config the demo ran it with); the same SFT policy and answers. Returns the bon folder."""
+    members = [int(m) for m in run_config(demo / "bon").seeds]
+    pairs, rm = out / "data" / "pairs", out / "models" / "rm"
+    rerun("rmopt-pairs", demo / "data" / "pairs", pairs, f"label_noise={noise}", log=log)
+    rerun("rmopt-rm", demo / "models" / f"rm_seed{members[0]}", rm, f"data.path={pairs}",
+          "seed=" + ",".join(map(str, members)), "hydra/launcher=joblib", multirun=True, log=log)
+    rerun("rmopt-bon", demo / "bon", out / "bon", f'proxy_rm_path="{rm}_seed{{seed}}"', f"gold_gens={demo / 'bon' / 'gold_gens'}",
+          log=log)
+    return out / "bon"
 
 
 def compare_curves(scores, gold, ns, uwo_weight: float) -> dict:
@@ -63,7 +67,8 @@ def figure(by_noise: dict, path: Path, title: str) -> Path:
         panels.append({
             "title": f"{kind}{' (members averaged)' if kind == 'single' else ''}", "xlabel": "n", "ylabel": "gold score",
             "log_x": True,
-            "lines": [{"x": c[kind]["n"], "y": c[kind]["gold_score"], "label": f"noise {noise:g}"} for noise, c in by_noise.items()],
+            "lines": [{"x": c[kind]["n"], "y": c[kind]["gold_score"], "se": c[kind].get("gold_score_se"), "label": f"noise {noise:g}"}
+                      for noise, c in by_noise.items()],
         })
     for noise, c in by_noise.items():
         panels.append({
@@ -80,12 +85,11 @@ def main() -> None:
         parser.add_argument("--verbose", action="store_true", help="show each stage's output (else <out>/study.log)")
 
     args = parse_args(__doc__, STUDY, extra)
-    settings = demo_settings(args.demo)
-    demo_noise = float(settings["label_noise"])
+    demo_noise = float(run_config(args.demo / "data" / "pairs").label_noise)
     noise = args.noise if args.noise is not None else (0.0 if demo_noise > 0 else 0.25)
     if not 0 <= noise <= 1:
         raise SystemExit(f"error: --noise {noise}; expected a fraction in [0, 1]")
-    weight = float(settings.get("uwo_weight", 0.5))
+    weight = float(run_config(args.demo / "bon").uwo_weights[0])
     bon_dirs = {demo_noise: args.demo / "bon"}
     if noise != demo_noise:
         folder = args.out / f"noise{noise:g}"
@@ -94,7 +98,7 @@ def main() -> None:
         print(f"label noise {noise:g} (demo: {demo_noise:g}): pairs -> 5 reward models -> best-of-n in {folder}"
               + ("" if args.verbose else f"; stage output in {folder / 'study.log'}"), flush=True)
         start = time.time()
-        bon_dirs[noise] = train_and_bon(args.demo, folder, noise, settings, log)
+        bon_dirs[noise] = train_and_bon(args.demo, folder, noise, log)
         print(f"trained and scored in {(time.time() - start) / 60:.1f} min", flush=True)
     by_noise, rows = {}, []
     for level in sorted(bon_dirs):
@@ -102,9 +106,7 @@ def main() -> None:
         by_noise[level] = compare_curves(store.scores, store.gold, store.ns, weight)
         for kind, curve in by_noise[level].items():
             st = gold_stats(curve)
-            rows.append({"noise": level, "curve": kind, "gold_start": st["gold_start"], "gold_max": st["gold_max"],
-                         "n_at_max": st["n_at_max"], "gold_final": st["gold_final"], "drop": st["drop"],
-                         "n_final": st["n_final"]})
+            rows.append(stats_row(st, "gold_start", "gold_max", "n_at_max", "gold_final", "drop", "n_final", noise=level, curve=kind))
     png = figure(by_noise, args.out / f"{STUDY}.png", f"label noise {' vs '.join(f'{x:g}' for x in by_noise)} (BoN)")
     js = write_json(args.out / f"{STUDY}.json", {
         "demo": str(args.demo), "bon_dirs": {f"{k:g}": str(v) for k, v in bon_dirs.items()}, "uwo_weight": weight,

@@ -50,7 +50,7 @@ def _aggregate(values: Sequence[Mapping], keys: Sequence[str]) -> dict:
 def replicate_summary(summaries: Sequence[Mapping]) -> dict:
     """Mean and SE over replicates of every number of the replicates' demo summaries."""
     out: dict = {}
-    for stage, x in STAGES.items():
+    for stage in STAGES:
         names = _common_names(summaries, stage)
         keys = [k for k in summaries[0][stage][names[0]] if not k.endswith("_se") and isinstance(summaries[0][stage][names[0]][k], (int, float))]
         out[stage] = {name: _aggregate([s[stage][name] for s in summaries], keys) for name in names}

@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from rmopt.stats import Z95, excludes_zero, interval
-from rmopt.summary import average_curve, bon_curves_from, difference, ppo_curve_from, summarise, without_per_prompt
+from rmopt.summary import (
+    average_curve,
+    bon_curves_from,
+    difference,
+    ppo_curve_from,
+    summarise,
+    without_per_prompt,
+)
 from rmopt.utils import atomic_write_json, atomic_write_text
 
 ENSEMBLES = ("mean", "wco", "uwo")

@@ -24,6 +24,7 @@ from experiments.common import (  # noqa: E402
     parse_args,
     print_table,
     save_figure,
+    stats_row,
     study_main,
     write_json,
 )
@@ -44,9 +45,8 @@ def summarise(curves: dict) -> list[dict]:
     rows = []
     for key, curve in curves.items():
         s = gold_stats(curve)
-        rows.append({"weight": key if isinstance(key, str) else float(key), "gold_final": s["gold_final"],
-                     "gold_max": s["gold_max"], "n_at_max": s["n_at_max"], "drop": s["drop"],
-                     "proxy_final": s["proxy_final"], "n_final": s["n_final"]})
+        rows.append(stats_row(s, "gold_final", "gold_max", "n_at_max", "drop", "proxy_final", "n_final",
+                              weight=key if isinstance(key, str) else float(key)))
     return rows
 
 
@@ -57,7 +57,8 @@ def figure(curves: dict, path: Path, title: str) -> Path:
     ref_style = {"linestyle": "--", "color": "gray"}
     panels = [
         {"title": "UWO: gold vs n", "xlabel": "n", "ylabel": "gold score", "log_x": True,
-         "lines": [{"x": curves[w]["n"], "y": curves[w]["gold_score"], "label": f"lambda={w:g}"} for w in weights]
+         "lines": [{"x": curves[w]["n"], "y": curves[w]["gold_score"], "se": curves[w].get("gold_score_se"), "label": f"lambda={w:g}"}
+                   for w in weights]
          + [{"x": curves["wco"]["n"], "y": curves["wco"]["gold_score"], "label": "wco", "style": {"linestyle": ":", "color": "k"}},
             {"x": curves["single"]["n"], "y": curves["single"]["gold_score"], "label": "single (avg)", "style": ref_style}]},
         {"title": "gold vs lambda (symlog x)", "xlabel": "lambda", "ylabel": "gold score", "symlog_x": 0.1,

@@ -144,13 +144,13 @@ def bon_curves(
         if not 1 <= int(n) <= N:
             raise RmoptError(f"n={n} is outside 1..N={N} (answers per prompt)")
     combos = ensemble_names(objectives, uwo_weights) if ensembles else []
-    curves = {name: _curve(member_scores[i], gold, ns) for i, name in enumerate(member_names)}
+    curves = {name: bon_curve(member_scores[i], gold, ns) for i, name in enumerate(member_names)}
     for name, objective, weight in combos:
-        curves[name] = _curve(combine(objective, member_scores, weight), gold, ns)
+        curves[name] = bon_curve(combine(objective, member_scores, weight), gold, ns)
     return curves
 
 
-def _curve(proxy: np.ndarray, gold: np.ndarray, ns) -> dict[str, list]:
+def bon_curve(proxy: np.ndarray, gold: np.ndarray, ns) -> dict[str, list]:
     """One curve: the mean over prompts of the per-prompt estimator at each n, its standard error over
     prompts, and (under ``per_prompt``) the per-prompt values themselves."""
     from rmopt.stats import standard_error
@@ -737,7 +737,7 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
     if run_file.exists():
         done = json.loads(run_file.read_text())
         if done.get("key") == run_key and already_done(cfg, output_dir):
-            return {name: _read_curve(output_dir / name / RESULTS_FILE) for name in done["results"]}
+            return {name: read_curve(output_dir / name / RESULTS_FILE) for name in done["results"]}
 
     member_scores, head_names = stored_proxy_scores(
         gens,
@@ -768,7 +768,7 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
     return curves
 
 
-def _read_curve(path: Path) -> dict[str, list]:
+def read_curve(path: Path) -> dict[str, list]:
     records = json.loads(path.read_text())
     curve = {k: [r.get(k, float("nan")) for r in records] for k in RECORD_KEYS}
     per_prompt = path.parent / PER_PROMPT_FILE

@@ -109,9 +109,9 @@ def without_per_prompt(summary: Mapping) -> dict:
 def bon_curves_from(bon_dir: str | Path) -> dict[str, dict]:
     """Every ``<name>/bon_sampled_results.json`` of a best-of-n folder as a curve, with its
     ``bon_per_prompt.json`` when present."""
-    from rmopt.bon_pipeline import RESULTS_FILE, _read_curve
+    from rmopt.bon_pipeline import RESULTS_FILE, read_curve
 
-    return {p.parent.name: _read_curve(p) for p in sorted(Path(bon_dir).glob(f"*/{RESULTS_FILE}"))}
+    return {p.parent.name: read_curve(p) for p in sorted(Path(bon_dir).glob(f"*/{RESULTS_FILE}"))}
 
 
 def ppo_curve_from(run: str | Path) -> dict:

@@ -65,7 +65,7 @@ def test_uwo_weight_sweep_by_hand():
     assert gold_at(curves[1.0], 2) == 1.0
     assert gold_at(curves["wco"], 2) == 1.0
     assert gold_at(curves["single"], 2) == 0.5  # a picks gold 0, b picks gold 1
-    assert curves[0.0] == objective_curve(MEMBERS, GOLD, NS, "mean")
+    np.testing.assert_equal(curves[0.0], objective_curve(MEMBERS, GOLD, NS, "mean"))  # NaN SEs (one prompt) equal
 
 
 def test_label_noise_compare_curves_by_hand():
@@ -78,6 +78,10 @@ def test_mean_curve():
     a = {"n": [1, 2], "kl_bon": [0, 1], "proxy_score": [0.0, 1.0], "gold_score": [1.0, 3.0]}
     b = {"n": [1, 2], "kl_bon": [0, 1], "proxy_score": [2.0, 3.0], "gold_score": [0.0, 1.0]}
     assert mean_curve([a, b]) == {"n": [1, 2], "kl_bon": [0, 1], "proxy_score": [1.0, 2.0], "gold_score": [0.5, 2.0]}
+    a["per_prompt"] = {"gold_score": [[1.0, 1.0], [3.0, 3.0]]}
+    b["per_prompt"] = {"gold_score": [[0.0, 1.0], [1.0, 1.0]]}
+    m = mean_curve([a, b])
+    assert m["gold_score_se"] == pytest.approx([0.25, 0.0])  # per-prompt means [0.5, 1.0] and [2.0, 2.0]
 
 
 def test_load_bon_store_reads_and_normalises(tmp_path):
@@ -107,12 +111,15 @@ def test_load_bon_store_reads_and_normalises(tmp_path):
         "answers": [[f"a{p}{i}" for i in range(N)] for p in range(P)], "gold_scores": gold.tolist(),
     }).save_to_disk(str(bon / "gold_gens"))
 
+    (bon / "rmopt_config.yaml").write_text("normalise: true\n")  # the run standardised its members
     store = load_bon_store(bon)
     assert store.names == ["seed1", "seed2"] and store.ns == [1, 2, 4]
     np.testing.assert_allclose(store.gold, gold)
     np.testing.assert_allclose(store.scores[0], (raw[0] - 0.5) / 2.0, rtol=1e-6)
     np.testing.assert_allclose(store.scores[1], (raw[1] + 1.0) / 0.5, rtol=1e-6)
     np.testing.assert_allclose(load_bon_store(bon, normalise=False).scores, raw)
+    (bon / "rmopt_config.yaml").write_text("normalise: false\n")  # by default: what the run did
+    np.testing.assert_allclose(load_bon_store(bon).scores, raw)
 
 
 def test_scaling_laws_recovers_forms_from_a_fake_demo(tmp_path):
@@ -139,3 +146,41 @@ def test_scaling_laws_recovers_forms_from_a_fake_demo(tmp_path):
     assert fits["bon"]["mean"]["peak_kl"] == pytest.approx(1.0)  # d* = 0.4 / (2 * 0.2) = 1
     assert fits["rl"]["wco"]["alpha"] == pytest.approx(0.1) and fits["rl"]["wco"]["beta"] == pytest.approx(0.3)
     assert "at least 2 points" in fits["rl"]["short"]["error"]
+
+
+def _flat(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_a_study_reruns_the_demos_own_config_changing_only_its_knob(tmp_path, monkeypatch):
+    from conftest import compose
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import experiments.common as common
+    from rmopt.stage import save_run_config
+
+    demo_run = tmp_path / "demo" / "ppo" / "wco"
+    demo_run.mkdir(parents=True)
+    saved = compose("ppo", ["experiment=toy", 'proxy_rm_path="rm_seed{seed}"', "seeds=[1,2]", "objective=wco",
+                            "kl_coef=0.0", "normalise=true", "eval_samples=3", "logger=csv"], output_dir=tmp_path / "h")
+    save_run_config(saved, demo_run)
+    calls = []
+    monkeypatch.setattr(common, "run_cli", lambda *args, log=None: calls.append(args))
+    common.rerun("rmopt-ppo", demo_run, tmp_path / "study" / "wco", "kl_coef=0.01")
+    (args,) = calls
+    assert args[:5] == ("rmopt-ppo", "--config-dir", str(demo_run), "--config-name", "rmopt_config")
+    with initialize_config_dir(config_dir=str(demo_run), version_base="1.3"):
+        rerun_cfg = hydra_compose(config_name="rmopt_config", overrides=list(args[5:]))
+    before = _flat(OmegaConf.to_container(OmegaConf.load(demo_run / "rmopt_config.yaml")))
+    after = _flat(OmegaConf.to_container(rerun_cfg))
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert changed == {"kl_coef", "output_dir", "logger.csv.save_dir"}
+    assert after["kl_coef"] == 0.01 and after["eval_samples"] == 3 and after["normalise"] is True
