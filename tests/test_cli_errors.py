@@ -5,6 +5,7 @@ a bug keeps its traceback."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -224,3 +225,21 @@ def test_rmopt_bon_bad_override_exits_1(arg, message, tmp_path):
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("kl_estimator=k9", "kl_estimator='k9' is not valid; expected one of k1, k2, k3"),
+        ("eval_samples=0", "eval_samples=0 is not valid"),
+        ("kl_target=0", "kl_target=0"),
+        ("kl_horizon=-5", "kl_horizon=-5"),
+    ],
+)
+def test_bad_ppo_settings_are_one_line_errors_before_any_model_loads(override, message):
+    from rmopt.modules.ppo import kl_controller
+    from rmopt.ppo import settings_from
+
+    cfg = compose("ppo", ["experiment=toy", "kl_controller=adaptive", override])
+    with pytest.raises(RmoptError, match=re.escape(message)):
+        kl_controller(settings_from(cfg))

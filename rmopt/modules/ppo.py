@@ -24,7 +24,6 @@ import torch
 from rmopt.data.collate import pad
 from rmopt.generation import decode_answers, encode_prompts, sample_ids
 from rmopt.modules.common import clip_gradients, configure_optimizer, log_samples
-from rmopt.stats import group_means, standard_error
 from rmopt.rlhf import (
     AdaptiveKLController,
     FixedKLController,
@@ -38,6 +37,7 @@ from rmopt.rlhf import (
     sequence_kl,
     value_loss,
 )
+from rmopt.stats import group_means, standard_error
 from rmopt.utils import atomic_write_json
 from rmopt.value_head import answer_forward, answer_kl
 
@@ -77,11 +77,20 @@ class PPOSettings:
 
 
 def kl_controller(s: PPOSettings):
+    """The KL coefficient's controller, with the KL settings checked before any model is loaded."""
     from rmopt.errors import RmoptError
+    from rmopt.rlhf import KL_ESTIMATORS
 
+    if s.kl_estimator not in KL_ESTIMATORS:
+        raise RmoptError(f"kl_estimator={s.kl_estimator!r} is not valid; expected one of {', '.join(KL_ESTIMATORS)}")
+    if int(s.eval_samples) < 1:
+        raise RmoptError(f"eval_samples={s.eval_samples} is not valid; expected answers per eval prompt >= 1")
     if s.kl_controller == "fixed":
         return FixedKLController(s.kl_coef)
     if s.kl_controller == "adaptive":
+        for name in ("kl_target", "kl_horizon"):
+            if not getattr(s, name) > 0:
+                raise RmoptError(f"{name}={getattr(s, name)} is not valid for kl_controller=adaptive; expected a number > 0")
         return AdaptiveKLController(s.kl_init, s.kl_target, s.kl_horizon)
     raise RmoptError(f"kl_controller={s.kl_controller!r} is not valid; expected fixed or adaptive")
 
@@ -347,10 +356,6 @@ class PPOModule(L.LightningModule):
         s, settings = self.s, self.eval_settings()
         same = settings["temperature"] == s.temperature and settings["top_p"] == 1.0
         m = settings["samples"]
-        if m < 1:
-            from rmopt.errors import RmoptError
-
-            raise RmoptError(f"eval_samples={m} is not valid; expected answers per eval prompt >= 1")
         was_training = self.policy.training
         self.policy.eval()
         # the same noise at every evaluation: curves differ by the policy, not the draw
