@@ -18,8 +18,9 @@ import numpy as np
 
 from rmopt.errors import RmoptError
 
-# The Alpaca prompt template that AlpacaFarm's reward models were trained on; the answer follows
-# "### Response:" directly.
+# The Alpaca prompt template that AlpacaFarm's reward models were trained on: its
+# examples/prompts/v0_inputs_noinputs.json ("prompt_inputs" / "prompt_noinputs"), the answer appended
+# directly after "### Response:" (data_preprocessor.format_prompt + format_output).
 ALPACA_PROMPT_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
@@ -71,8 +72,13 @@ class HFGoldReward:
     """A Hugging Face sequence-classification model (one output) as gold RM, in its own input format.
 
     ``template``: ``alpaca`` (AlpacaFarm's reward models) or ``prompt_format`` (this project's format).
-    ``append_eos``: add the gold tokenizer's EOS text after the answer (AlpacaFarm's reward-model data
-    closed each response with it). The score is read at the last non-padding token.
+    ``append_eos``: add the gold tokenizer's EOS text after the answer (AlpacaFarm's reward models were
+    trained without: ``end_sequence_with_eos=False``). The tokenizer adds what it adds by itself (the
+    LLaMA tokenizer's BOS); texts longer than ``max_length`` tokens keep their first ``max_length``.
+    ``padding_side``: where a batch pads (AlpacaFarm: left). The score is read at the last non-padding
+    token, with positions counted from each row's first real token, so a padded row scores as it
+    would alone. A ``score_bias`` in the model's config (``rmopt-convert-alpacafarm-rm`` keeps AlpacaFarm's
+    reward-head bias there; transformers' score head has none) is added by the score head.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class HFGoldReward:
         dtype: str = "float32",
         max_length: int = 1024,
         append_eos: bool = False,
+        padding_side: str = "right",
     ):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -92,6 +99,8 @@ class HFGoldReward:
 
         if template not in TEMPLATES:
             raise RmoptError(f"gold template {template!r} is unknown; expected one of {list(TEMPLATES)}")
+        if padding_side not in ("left", "right"):
+            raise RmoptError(f"gold.padding_side={padding_side!r}: expected left or right")
         if not name_or_path:
             raise RmoptError("gold.name_or_path is not set: point it at the gold reward model's folder")
         if os.path.isdir(name_or_path) and not os.path.exists(os.path.join(name_or_path, "config.json")):
@@ -102,7 +111,8 @@ class HFGoldReward:
         self.tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, "gold tokenizer")
         if self.tokenizer.pad_token is None:  # pooling uses the attention mask, so any pad token will do
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.tokenizer.padding_side = "right"
+        self.tokenizer.padding_side = padding_side
+        self.tokenizer.truncation_side = "right"
         self.eos = (self.tokenizer.eos_token or "") if append_eos else ""
         model = _from_pretrained(
             AutoModelForSequenceClassification.from_pretrained,
@@ -114,7 +124,7 @@ class HFGoldReward:
             raise RmoptError(
                 f"gold reward model {name_or_path!r} has {model.config.num_labels} outputs; expected 1"
             )
-        self.model = model.to(self.device).eval()
+        self.model = with_score_bias(model).to(self.device).eval()
 
     def texts(self, instructions, inputs, answers) -> list[str]:
         _check_lengths(instructions, inputs, answers)
@@ -122,6 +132,10 @@ class HFGoldReward:
             gold_text(self.template, i, x or "", a, self.eos)
             for i, x, a in zip(instructions, inputs, answers, strict=True)
         ]
+
+    def encode(self, texts: list[str]):
+        """The gold tokenizer's batch for ``texts``: its own special tokens, padded, at most ``max_length``."""
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
     def score(
         self, instructions, inputs, answers, batch_size: int | None = None, progress=None
@@ -137,19 +151,42 @@ class HFGoldReward:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                enc = self.tokenizer(
-                    [texts[j] for j in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
+                enc = self.encode([texts[j] for j in idx]).to(self.device)
                 scores[idx] = (
                     _pooled_scores(self.model, enc["input_ids"], enc["attention_mask"]).float().cpu().numpy()
                 )
                 if progress is not None:
                     progress.update(len(idx))
         return scores
+
+
+def with_score_bias(model):
+    """``model`` whose score head adds ``config.score_bias`` (one value per output), if the config has one.
+
+    The head becomes ``Linear(hidden, num_labels, bias=True)`` with the same weight: the same operation
+    as AlpacaFarm's ``reward_head``, so the converted model's scores equal the original's.
+    """
+    import torch
+
+    from rmopt.convert_alpaca_farm import SCORE_BIAS_KEY
+
+    bias = getattr(model.config, SCORE_BIAS_KEY, None)
+    if bias is None:
+        return model
+    old = getattr(model, "score", None)
+    if not isinstance(old, torch.nn.Linear):
+        raise RmoptError(f"config.{SCORE_BIAS_KEY} is set but the model has no linear score head")
+    values = torch.tensor(bias if isinstance(bias, (list, tuple)) else [bias], dtype=torch.float64)
+    if values.numel() != old.out_features:
+        raise RmoptError(f"config.{SCORE_BIAS_KEY} has {values.numel()} value(s); the score head has {old.out_features} outputs")
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        if old.bias is not None:
+            values = values + old.bias.detach().double().cpu()
+        head.bias.copy_(values.to(head.bias.dtype))
+    model.score = head
+    return model
 
 
 def _pooled_scores(model, input_ids, attention_mask):

@@ -91,6 +91,10 @@ def test_hf_gold_scores_from_text_in_its_own_format(gold_rm_dir):
             expected = model.score(hidden[:, -1]).item()
         assert scores[j] == pytest.approx(expected, abs=1e-4)
     assert len(set(scores.tolist())) == 3  # the answers are told apart
+    left = HFGoldReward(str(gold_rm_dir), template="alpaca", device="cpu", batch_size=3, append_eos=True,
+                        padding_side="left")
+    assert left.encode(left.texts(instructions, inputs, answers))["attention_mask"][:, 0].tolist() != [1, 1, 1]
+    assert left.score(instructions, inputs, answers).tolist() == pytest.approx(scores.tolist(), abs=1e-4)
     with pytest.raises(RmoptError, match="differ in length"):
         gold.score(instructions, inputs, answers[:2])
 
@@ -107,6 +111,10 @@ def test_gold_config_group(tmp_path, gold_rm_dir):
     gold = build_gold(cfg.gold)
     assert isinstance(gold, HFGoldReward) and gold.template == "prompt_format"
     cfg = compose("bon", ["gold=alpaca_farm"], tmp_path)
-    assert cfg.gold.template == "alpaca" and cfg.gold.append_eos is True
+    # as AlpacaFarm scored: no EOS after the answer, left padding, 512 tokens (tests/test_alpaca_farm.py)
+    assert cfg.gold.template == "alpaca" and cfg.gold.append_eos is False
+    assert (cfg.gold.padding_side, cfg.gold.max_length) == ("left", 512)
+    with pytest.raises(RmoptError, match="gold.padding_side='middle'"):
+        HFGoldReward(str(gold_rm_dir), device="cpu", padding_side="middle")
     with pytest.raises(RmoptError, match="no gold reward model"):
         build_gold(None, object())
