@@ -1,6 +1,7 @@
 """Best-of-n: the unbiased estimator of proxy and gold score against n, and its KL.
 
-The math at the top is pure NumPy (no I/O) so it can be tested and benchmarked on its own.
+Pure NumPy (no I/O), so it can be tested and benchmarked on its own; the stage that reads answers,
+scores them and writes the curves is :mod:`rmopt.bon_pipeline` (``rmopt-bon``).
 """
 
 from __future__ import annotations
@@ -208,36 +209,3 @@ def exact_best_of_n_reference(proxy, gold, ns=DEFAULT_NS) -> dict[str, np.ndarra
         "proxy_score": np.asarray(proxy_scores, dtype=np.float64),
         "gold_score": np.asarray(gold_scores, dtype=np.float64),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# The pipeline (answers -> stored scores -> curves -> files) lives in rmopt.bon_pipeline; these
-# entry points import it lazily so the math above stays importable without Hydra or models.
-
-
-def run_bon(cfg):
-    """Run the best-of-n stage for a composed ``conf/bon.yaml`` config (see :mod:`rmopt.bon_pipeline`)."""
-    from rmopt.bon_pipeline import run_bon as _run_bon
-
-    return _run_bon(cfg)
-
-
-def main() -> None:
-    """``rmopt-bon`` / ``python -m rmopt.bon``: Hydra app; a command-line mistake is one line and exit
-    code 1 (as every user error of every stage), found before the pipeline's imports."""
-    import sys
-
-    from rmopt.errors import RmoptError, check_overrides
-
-    try:
-        check_overrides(sys.argv[1:])  # e.g. a bare {seed}: Hydra's grammar rejects it, say how to quote
-    except RmoptError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    from rmopt.bon_pipeline import hydra_main
-
-    hydra_main()
-
-
-if __name__ == "__main__":
-    main()

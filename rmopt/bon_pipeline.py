@@ -1,8 +1,10 @@
-"""The best-of-n pipeline behind ``rmopt-bon``: answers -> gold and proxy scores -> curves -> files.
+"""The best-of-n stage, ``rmopt-bon`` (``python -m rmopt.bon_pipeline``): answers -> gold and proxy
+scores -> curves -> files. The estimator itself is :mod:`rmopt.bon` (pure NumPy).
 
 1. Answers with gold scores: a data set in the published ``tlc4418/gold_labelled_gens`` schema
-   (instruction, input, answers[N], gold_scores[N]), or generated here from a policy and gold-scored,
-   then saved in that schema (``<output_dir>/gold_gens/``, a ``datasets`` folder) and reused.
+   (instruction, input, answers[N], gold_scores[N]; read by :mod:`rmopt.data.gold_gens`), or
+   generated here from a policy and gold-scored, then saved in that schema
+   (``<output_dir>/gold_gens/``, a ``datasets`` folder) and reused.
 2. Proxy scores of every member for every answer, computed once and stored as Parquet
    (``<output_dir>/proxy_scores.parquet``: prompt, answer, one float32 column per member) with a JSON
    of which member folders made them; a changed member is scored again, the others are reused.
@@ -16,7 +18,6 @@ published 1000 x 12,600 set needs well under 1 GiB besides the memory-mapped tab
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rmopt.bon import DEFAULT_NS, best_of_n_per_prompt, kl_bon
+from rmopt.data.gold_gens import GOLD_GENS_COLUMNS, GoldGens, load_gold_gens  # noqa: F401 (part of this API)
 from rmopt.errors import RmoptError
 
 RESULTS_FILE = "bon_sampled_results.json"
@@ -37,7 +39,6 @@ GENS_DIR = "gold_gens"
 GENS_META = "gold_gens.json"
 RUN_FILE = "bon_run.json"
 FIGURE_FILE = "bon.png"
-GOLD_GENS_COLUMNS = ("instruction", "input", "answers", "gold_scores")
 ENSEMBLE_OBJECTIVES = ("mean", "wco", "uwo")
 PART_ANSWERS = 200_000  # answers per stored part while scoring or generating (the unit of resumption)
 GENERATE_ANSWERS = 50_000  # answers per stored part while generating (token id lists are held per part)
@@ -195,95 +196,7 @@ def write_results(curves: dict[str, dict[str, list]], output_dir: str | os.PathL
 
 
 # ---------------------------------------------------------------------------------------------
-# answers with gold scores
-
-
-class GoldGens:
-    """The first ``big_n`` answers of the first P prompts of a gold-labelled generations table.
-
-    ``table`` is a (memory-mapped) Arrow table; ``gold`` the [P, N] float32 gold scores.
-    """
-
-    def __init__(self, table, big_n: int, source: str):
-        import pyarrow.compute as pc
-
-        self.table, self.N, self.source = table, int(big_n), source
-        self.P = table.num_rows
-        answer_counts = pc.list_value_length(table.column("answers")).to_numpy(zero_copy_only=False)
-        gold_counts = pc.list_value_length(table.column("gold_scores")).to_numpy(zero_copy_only=False)
-        differ = np.flatnonzero(answer_counts != gold_counts)
-        if differ.size:
-            j = int(differ[0])
-            raise RmoptError(
-                f"gold_gens {source!r} row {j} has {answer_counts[j]} answers but {gold_counts[j]} gold_scores; "
-                "expected one gold score per answer"
-            )
-        short = np.flatnonzero(answer_counts < self.N)
-        if short.size:
-            j = int(short[0])
-            raise RmoptError(
-                f"big_n={self.N} but gold_gens {source!r} row {j} has only {answer_counts[j]} answers; "
-                f"set big_n <= {int(answer_counts.min())}"
-            )
-        gold = pc.list_flatten(pc.list_slice(table.column("gold_scores"), 0, self.N))
-        gold = gold.to_numpy(zero_copy_only=False) if hasattr(gold, "to_numpy") else np.asarray(gold)
-        self.gold = np.asarray(gold, dtype=np.float32).reshape(self.P, self.N)
-        if np.isnan(self.gold).any():
-            p, a = np.argwhere(np.isnan(self.gold))[0]
-            raise RmoptError(f"gold_gens {source!r} has a missing/NaN gold score at row {p}, answer {a}")
-
-    def chunk(self, start: int, stop: int) -> tuple[list[str], list[str], list[str]]:
-        """(instruction, input, answer) of every answer of prompts [start, stop), prompt-major."""
-        import pyarrow.compute as pc
-
-        part = self.table.slice(start, stop - start)
-        instructions = part.column("instruction").to_pylist()
-        inputs = [x or "" for x in part.column("input").to_pylist()]
-        answers = pc.list_flatten(pc.list_slice(part.column("answers"), 0, self.N)).to_pylist()
-        return (
-            [i for i in instructions for _ in range(self.N)],
-            [x for x in inputs for _ in range(self.N)],
-            [a or "" for a in answers],
-        )
-
-    def key(self) -> str:
-        """A fingerprint of the answers used: shape plus a hash of a sample of texts and of the gold scores."""
-        h = hashlib.sha1(f"{self.P}x{self.N}".encode())
-        h.update(self.gold.tobytes())
-        for start in sorted({0, self.P // 2, self.P - 1}):
-            instructions, inputs, answers = self.chunk(start, start + 1)
-            h.update(json.dumps([instructions[0], inputs[0], answers[:: max(1, self.N // 16)]]).encode())
-        return h.hexdigest()
-
-
-def load_gold_gens(path: str, big_n: int, num_prompts: int | None = None) -> GoldGens:
-    """A gold-labelled generations set (hub name, JSON/Parquet file or ``datasets`` folder) as GoldGens."""
-    import datasets
-
-    from rmopt.data.sources import load_local_or_hub, require_columns
-
-    ds = load_local_or_hub(str(path))
-    if isinstance(ds, datasets.DatasetDict):
-        if len(ds) == 1:
-            ds = next(iter(ds.values()))
-        elif "train" in ds:
-            ds = ds["train"]
-        else:
-            raise RmoptError(f"gold_gens {path!r} has splits {sorted(ds)}; expected one split (or 'train')")
-    require_columns(ds, GOLD_GENS_COLUMNS, str(path))
-    table = ds.with_format("arrow")[:]  # zero-copy view of the (memory-mapped) Arrow table
-    if num_prompts is not None:
-        num_prompts = _positive_int(num_prompts, "num_prompts")
-        if num_prompts > table.num_rows:
-            raise RmoptError(
-                f"num_prompts={num_prompts} but gold_gens {path!r} has only {table.num_rows} prompts"
-            )
-        table = table.slice(0, num_prompts)
-    return GoldGens(table, big_n, str(path))
-
-
-# ---------------------------------------------------------------------------------------------
-# generation
+# generation (the answers with gold scores are read by rmopt.data.gold_gens)
 
 
 def folder_fingerprint(path: str | os.PathLike) -> dict:
@@ -818,3 +731,13 @@ def _hydra_task():
 
 def hydra_main() -> None:
     _hydra_task()()
+
+
+def main() -> None:
+    """``rmopt-bon`` / ``python -m rmopt.bon_pipeline``: the Hydra app; a command-line mistake is one line
+    and exit code 1, as every user error of every stage."""
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

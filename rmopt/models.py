@@ -7,15 +7,13 @@ format and the embedding size are handled in one place.
 
 from __future__ import annotations
 
-import functools
-import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from rmopt.errors import RmoptError
+from rmopt.hub import from_pretrained as _from_pretrained  # also rmopt.gold's loader
 from rmopt.prompts import ASSISTANT, EOS, PAD, PROMPTER
 
 
@@ -24,49 +22,6 @@ def _dtype(name: str) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
         raise RmoptError(f"model.dtype={name!r} is not one of float32, bfloat16, float16") from None
-
-
-@functools.cache
-def hub_reachable(host: str = "huggingface.co") -> bool:
-    """Whether the hub can be asked at all (offline mode or no DNS answers no at once, not after retries)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
-
-
-def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
-    """Load from a local folder or the hub, turning hub/path failures into one clear line.
-
-    An existing folder is loaded as is; a missing path that looks local (``./x``, ``/x``, ``~/x``,
-    ``a/b/c``, or ``a/b`` where ``a`` is a local folder) is an error; anything else is a hub name,
-    read from the local cache only (no network, no retries) when the hub is unreachable.
-    """
-    from rmopt.data.sources import looks_like_local_path
-
-    name_or_path = str(name_or_path)
-    expanded = os.path.expanduser(name_or_path)
-    local = os.path.isdir(expanded)
-    if not local and looks_like_local_path(name_or_path):
-        raise RmoptError(f"{what} path {name_or_path!r} does not exist")
-    if local:
-        name_or_path = expanded
-    elif not hub_reachable():
-        kwargs["local_files_only"] = True  # use the local cache if it has the model; fail at once if not
-    try:
-        return loader(name_or_path, **kwargs)
-    except (OSError, ValueError) as e:
-        if local:
-            raise RmoptError(
-                f"cannot load {what} from folder {name_or_path!r}: {str(e).splitlines()[0]}"
-            ) from e
-        raise RmoptError(
-            f"{what} {name_or_path!r} is not a local folder and could not be fetched from the Hugging Face hub "
-            f"(offline or unknown name); download it where the hub is reachable or pass a local folder"
-        ) from e
 
 
 def ensure_special_tokens(tokenizer) -> int:

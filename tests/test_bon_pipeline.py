@@ -14,10 +14,10 @@ from rmopt.bon import DEFAULT_NS, unbiased_best_of_n
 from rmopt.bon_pipeline import (
     RESULTS_FILE,
     bon_curves,
-    load_gold_gens,
     resolve_ns,
     run_bon,
 )
+from rmopt.data.gold_gens import load_gold_gens
 from rmopt.errors import RmoptError
 
 
@@ -263,7 +263,7 @@ def test_toy_world_end_to_end_generates_scores_and_reuses(
 
 
 def test_cli_help_and_bare_seed_braces():
-    help_text = subprocess.run([sys.executable, "-m", "rmopt.bon", "--help"], capture_output=True, text=True)
+    help_text = subprocess.run([sys.executable, "-m", "rmopt.bon_pipeline", "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0, help_text.stderr
     for option in (
         "proxy_rm_path",
@@ -278,7 +278,7 @@ def test_cli_help_and_bare_seed_braces():
         assert f"\n  {option} " in help_text.stdout
     assert "(12600)" in help_text.stdout
     bare = subprocess.run(
-        [sys.executable, "-m", "rmopt.bon", "proxy_rm_path=models/x_seed{seed}"],
+        [sys.executable, "-m", "rmopt.bon_pipeline", "proxy_rm_path=models/x_seed{seed}"],
         capture_output=True,
         text=True,
     )

@@ -218,7 +218,7 @@ def test_an_unset_value_the_config_asks_for_is_one_line():
 )
 def test_rmopt_bon_bad_override_exits_1(arg, message, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "rmopt.bon", arg, f"hydra.run.dir={tmp_path}/run"],
+        [sys.executable, "-m", "rmopt.bon_pipeline", arg, f"hydra.run.dir={tmp_path}/run"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )

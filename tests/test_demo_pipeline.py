@@ -13,7 +13,7 @@ QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 
 @pytest.fixture(scope="module")
 def demo_dir(toy_sft_dir, tmp_path_factory):
-    from rmopt.bon import run_bon
+    from rmopt.bon_pipeline import run_bon
     from rmopt.pairs import make_pairs
     from rmopt.ppo import gold as ppo_gold
     from rmopt.ppo import train as train_ppo

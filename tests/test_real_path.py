@@ -190,7 +190,7 @@ def test_alpaca_farm_instructions_and_human_preferences_from_local_copy(publishe
 def test_gold_labelled_pairs_and_gens_from_local_files(published):
     import hydra
 
-    from rmopt.bon_pipeline import load_gold_gens
+    from rmopt.data.gold_gens import load_gold_gens
 
     farm = published / "alpaca_farm"
     cfg = compose(
@@ -323,14 +323,15 @@ def test_missing_local_paths_are_not_sent_to_the_hub(path, tmp_path, monkeypatch
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "here").mkdir()  # "here/x": its first component is a local folder
-    monkeypatch.setattr("rmopt.models.hub_reachable", lambda: pytest.fail("asked the hub"))
+    monkeypatch.setattr("rmopt.hub.hub_reachable", lambda: pytest.fail("asked the hub"))
     with pytest.raises(RmoptError, match=f"data path '{path}' does not exist"):
         load_local_or_hub(path)
 
 
 def test_hub_name_offline_is_one_line_and_quick():
     from rmopt.data.sources import load_local_or_hub
-    from rmopt.models import ModelSource, hub_reachable
+    from rmopt.hub import hub_reachable
+    from rmopt.models import ModelSource
 
     hub_reachable.cache_clear()
     assert not hub_reachable()  # HF_HUB_OFFLINE=1 (conftest)
@@ -351,9 +352,9 @@ def test_unreachable_hub_is_never_asked(monkeypatch):
     import datasets
 
     from rmopt.data.sources import load_local_or_hub
-    from rmopt.models import _from_pretrained
+    from rmopt.hub import from_pretrained
 
-    monkeypatch.setattr("rmopt.models.hub_reachable", lambda: False)
+    monkeypatch.setattr("rmopt.hub.hub_reachable", lambda: False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("tried the network"))
     with pytest.raises(RmoptError, match="hub is unreachable"):
@@ -365,7 +366,7 @@ def test_unreachable_hub_is_never_asked(monkeypatch):
         raise OSError("not in the cache")
 
     with pytest.raises(RmoptError, match="could not be fetched"):
-        _from_pretrained(loader, "tlc4418/pythia_70m_sft", "model")
+        from_pretrained(loader, "tlc4418/pythia_70m_sft", "model")
     assert calls == [{"local_files_only": True}]  # the cache only: no download, no retries
 
 

@@ -337,7 +337,7 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(
 ):
     import importlib
 
-    main = {"sft": "rmopt.sft:main", "rm": "rmopt.rm:main", "bon": "rmopt.bon:main", "ppo": "rmopt.ppo:main"}[
+    main = {"sft": "rmopt.sft:main", "rm": "rmopt.rm:main", "bon": "rmopt.bon_pipeline:main", "ppo": "rmopt.ppo:main"}[
         stage
     ]
     module, attr = main.split(":")

@@ -16,13 +16,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from rmopt import hub
 from rmopt.errors import RmoptError
+from rmopt.hub import DATA_FILE_KINDS, data_file_kind, looks_like_local_path
 
 INSTRUCTION_COLUMNS = ("instruction", "input", "output")
 PREFERENCE_COLUMNS = ("instruction", "input", "answers", "preference")
-GOLD_GENS_COLUMNS = ("instruction", "input", "answers", "gold_scores")
-
-DATA_FILE_KINDS = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv"}
 
 # Split names that mean the same thing across published sets (asked for -> also tried).
 SPLIT_ALIASES = {"val": ("validation", "valid", "dev"), "validation": ("val", "valid", "dev")}
@@ -37,6 +36,12 @@ PREFERENCE_KINDS = {
     "chosen_rejected": ("chosen", "rejected"),
 }
 
+# A hub set published with a loading script (tatsu-lab/alpaca_farm), which `datasets` 4+ refuses, is read
+# from the hub's Parquet export of it (this branch: <config>/<split>/NNNN.parquet) or, failing that,
+# from the data files on its main branch (alpaca_farm: alpaca_instructions/<split>.json, <config>.json).
+PARQUET_EXPORT = "refs/convert/parquet"
+_SCRIPT_REFUSED = ("dataset scripts are no longer supported", "trust_remote_code")
+
 
 def require_columns(dataset, columns, name: str) -> None:
     """A data set must have the columns a stage reads; name the first one missing."""
@@ -50,16 +55,6 @@ def require_columns(dataset, columns, name: str) -> None:
         raise RmoptError(f"data set {name!r} is empty")
 
 
-def looks_like_local_path(path: str) -> bool:
-    """Whether a name that does not exist was meant as a local path rather than a hub name (``owner/name``)."""
-    if path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path:
-        return True
-    if os.path.basename(path).rsplit(".", 1)[-1].lower() in DATA_FILE_KINDS and "." in os.path.basename(path):
-        return True  # a data file name (hub names have no extension)
-    first = path.split("/", 1)[0]
-    return "/" in path and os.path.isdir(first)
-
-
 def _is_saved_dataset(folder: str) -> bool:
     return any(
         os.path.exists(os.path.join(folder, f))
@@ -67,11 +62,14 @@ def _is_saved_dataset(folder: str) -> bool:
     )
 
 
+def _one_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def _load_file(path: str):
     import datasets
 
-    ext = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
-    kind = DATA_FILE_KINDS.get(ext)
+    kind = data_file_kind(path)
     if kind is None:
         raise RmoptError(
             f"data file {path!r} has an unknown extension; expected .json, .jsonl, .parquet or .csv"
@@ -79,9 +77,85 @@ def _load_file(path: str):
     try:
         return datasets.load_dataset(kind, data_files=path, split="train")
     except Exception as e:  # parse errors come in many types
-        raise RmoptError(
-            f"cannot read data file {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from e
+        raise RmoptError(f"cannot read data file {path!r}: {_one_line(e)}") from e
+
+
+def _data_files(folder: str) -> list[str]:
+    """Every data file under ``folder`` (hidden files and folders skipped), sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".") and data_file_kind(f)]
+    return found
+
+
+def _has_card_configs(folder: str) -> bool:
+    """Whether the folder's README.md declares its configs/splits (then `datasets` reads it as declared)."""
+    card = os.path.join(folder, "README.md")
+    if not os.path.isfile(card):
+        return False
+    text = open(card, encoding="utf-8", errors="replace").read()
+    return text.startswith("---") and "\nconfigs:" in text.split("\n---", 1)[0]
+
+
+def _datasets_inference(folder: str) -> tuple[bool, list[set[str]]]:
+    """What `datasets` itself makes of a folder of data files: whether it finds split names in the file or
+    folder names (train, validation, test, ...), and the files (real paths) of each split it makes."""
+    from datasets.data_files import DEFAULT_PATTERNS_ALL, DataFilesDict, get_data_patterns
+
+    patterns = get_data_patterns(folder)
+    inferred = DataFilesDict.from_patterns(patterns, base_path=folder)
+    return patterns != DEFAULT_PATTERNS_ALL, [
+        {os.path.realpath(f) for f in split} for split in inferred.values()
+    ]
+
+
+def _layout_splits(folder: str, files: list[str]) -> dict[str, list[str]] | None:
+    parents = {os.path.dirname(f) for f in files}
+    folder = os.path.normpath(folder)
+    if all(os.path.dirname(p) == folder for p in parents) and folder not in parents:  # a subfolder per split
+        splits: dict[str, list[str]] = {}
+        for f in files:
+            name = os.path.basename(os.path.dirname(f))
+            splits.setdefault(name[len("partial-") :] if name.startswith("partial-") else name, []).append(f)
+        return splits
+    if parents == {folder} and len(files) >= 2:  # a file per split
+        stems = [os.path.basename(f).rsplit(".", 1)[0] for f in files]
+        if all("-" in s for s in stems) and len({s.split("-", 1)[0] for s in stems}) == 1:
+            stems = [s.split("-", 1)[1] for s in stems]  # <name>-<split>
+        if len(set(stems)) == len(stems):
+            return dict(zip(stems, ([f] for f in files), strict=True))
+    return None
+
+
+def hub_layout_splits(folder: str) -> dict[str, list[str]] | None:
+    """Split name -> data files of a folder in one of the hub's layouts, named as the hub names them.
+
+    - one subfolder per split, holding that split's files: the hub's Parquet export of a config
+      (``sft/0000.parquet``; ``partial-train/`` is ``train``) or shards (``validation/split_1.json``);
+      the split is the subfolder's name (`datasets` alone would keep only the folders it knows, and
+      call ``eval/`` ``test``);
+    - one data file per split, named after it (two or more files): ``sft.json``, ``preference.json``
+      (AlpacaFarm's own files) or the export's older ``<name>-<split>.parquet`` (``alpaca_farm-sft.parquet``).
+
+    None when the folder is in neither, when `datasets` already reads every file into split names of
+    its own from the file names (``train.parquet`` + ``validation.parquet``,
+    ``data/train-00000-of-00001.parquet``), or when the README declares the configs: `datasets` then
+    reads it as usual.
+    """
+    files = _data_files(folder)
+    if not files or _has_card_configs(folder):
+        return None
+    named, inferred = _datasets_inference(folder)
+    splits = _layout_splits(folder, files)
+    if not named or set().union(*inferred) < {os.path.realpath(f) for f in files}:
+        return splits  # no split names, or some files left out
+    by_folder = splits is not None and all(os.path.dirname(f) != os.path.normpath(folder) for f in files)
+    if by_folder and sorted(map(sorted, inferred)) == sorted(
+        sorted(map(os.path.realpath, v)) for v in splits.values()
+    ):
+        return splits  # `datasets` splits by the same folders: keep the folders' own names
+    return None
 
 
 def _load_folder(path: str):
@@ -90,36 +164,104 @@ def _load_folder(path: str):
     try:
         if _is_saved_dataset(path):
             return datasets.load_from_disk(path)
-        # a folder of data files; split names come from the file names (train.json, validation.parquet, ...)
-        return datasets.load_dataset(path)
+        files = _data_files(path)
+        if (
+            len(files) == 1
+            and os.path.dirname(files[0]) == os.path.normpath(path)
+            and not _has_card_configs(path)
+            and not _datasets_inference(path)[0]
+        ):
+            return _load_file(files[0])  # one data file without a split name: read as that file's path is
+        splits = hub_layout_splits(path)
+        if splits is None:
+            # a folder of data files; split names from the file names (train.json, validation.parquet, ...)
+            return datasets.load_dataset(path)
+        kinds = {data_file_kind(f) for split in splits.values() for f in split}
+        if len(kinds) != 1:
+            raise RmoptError(f"data folder {path!r} mixes data file kinds {sorted(kinds)}; expected one")
+        return datasets.load_dataset(kinds.pop(), data_files=splits)
+    except RmoptError:
+        raise
     except Exception as e:
         raise RmoptError(
-            f"cannot read data folder {path!r} (expected a saved `datasets` folder or data files): "
-            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"cannot read data folder {path!r} (expected a saved `datasets` folder or data files): {_one_line(e)}"
         ) from e
+
+
+def _load_local(path: str, subset: str | None):
+    """A local file or folder; with ``subset``, the folder's subfolder or data file of that name if it has one."""
+    if os.path.isfile(path):
+        return _load_file(path)
+    if subset:
+        if os.path.isdir(os.path.join(path, subset)):
+            return _load_folder(os.path.join(path, subset))
+        for (
+            ext
+        ) in DATA_FILE_KINDS:  # a config stored as one file beside the others (alpaca_human_preference.json)
+            if os.path.isfile(os.path.join(path, f"{subset}.{ext}")):
+                return _load_file(os.path.join(path, f"{subset}.{ext}"))
+    return _load_folder(path)
+
+
+def _hub_load_dataset(name: str, subset: str | None):
+    import datasets
+
+    return datasets.load_dataset(name, subset) if subset else datasets.load_dataset(name)
+
+
+def _refuses_script(error: Exception) -> bool:
+    return any(s in str(error).lower() for s in _SCRIPT_REFUSED)
+
+
+def _load_hub_files(name: str, subset: str | None):
+    """A hub set's files as the hub lays them out, for sets `datasets` will not load by name (a loading
+    script) or, offline, from the hub cache: the Parquet export first, then the main branch's data files.
+    None if neither has the files."""
+    config = subset or "default"
+    exts = list(DATA_FILE_KINDS)
+    tries = [
+        (PARQUET_EXPORT, [f"{config}/*/*.parquet"]),  # <config>/<split>/NNNN.parquet
+        (PARQUET_EXPORT, [f"{config}/*.parquet"]),  # older export names: <config>/<name>-<split>.parquet
+        (None, [f"{subset}/*.{e}" for e in exts] + [f"{subset}.{e}" for e in exts])
+        if subset
+        else (None, [f"*.{e}" for e in exts] + [f"*/*.{e}" for e in exts]),
+    ]
+    for revision, patterns in tries:
+        try:
+            root = hub.hub_snapshot(name, revision, patterns)
+        except Exception:  # not on the hub, not in the cache, or no such branch
+            continue
+        folder = os.path.join(root, config) if revision == PARQUET_EXPORT else root
+        if os.path.isdir(folder) and _data_files(folder):
+            return _load_local(folder, None if revision == PARQUET_EXPORT else subset)
+    return None
 
 
 def _load_hub(name: str, subset: str | None):
     import datasets
 
-    from rmopt.models import hub_reachable
-
-    if not hub_reachable():
-        if datasets.config.HF_HUB_OFFLINE:  # offline mode never touches the network: try the local cache
-            try:
-                return datasets.load_dataset(name, subset) if subset else datasets.load_dataset(name)
-            except Exception:
-                pass
+    online = hub.hub_reachable()
+    if not online and not datasets.config.HF_HUB_OFFLINE:
         raise RmoptError(
             f"data set {name!r} is not a local file or folder and the Hugging Face hub is unreachable "
             f"(offline); download it where the hub is reachable or pass a local path"
         )
     try:
-        return datasets.load_dataset(name, subset) if subset else datasets.load_dataset(name)
+        return _hub_load_dataset(name, subset)  # offline mode never touches the network: the local cache
     except Exception as e:  # the hub raises many types; one line is what the user needs
+        error = e
+    if _refuses_script(error) or not online:
+        ds = _load_hub_files(name, subset)
+        if ds is not None:
+            return ds
+    if not online:
         raise RmoptError(
-            f"cannot load data set {name!r} from the hub: {str(e).splitlines()[0] if str(e) else e!r}"
-        ) from e
+            f"data set {name!r} is not a local file or folder and the Hugging Face hub is unreachable "
+            f"(offline); download it where the hub is reachable or pass a local path"
+        )
+    raise RmoptError(
+        f"cannot load data set {name!r} from the hub: {_one_line(error) or repr(error)}"
+    ) from error
 
 
 _SLICE = re.compile(r"^(?P<name>[^\[\]]+)(\[(?P<start>-?\d*%?):(?P<stop>-?\d*%?)\])?$")
@@ -161,21 +303,19 @@ def select_split(ds, split: str, name: str):
 def load_local_or_hub(path: str, split: str | None = None, subset: str | None = None):
     """A JSON/JSONL/Parquet/CSV file, a saved ``datasets`` folder, a folder of data files, or a hub name.
 
-    An existing file is read by its extension; an existing folder with ``load_from_disk`` (or as a
-    folder of data files; with ``subset``, its subfolder of that name if there is one); a missing path
-    that looks local is an error; anything else is a hub name (``subset`` = the hub config name).
-    ``split`` picks a split (see :func:`select_split`); without it, what was loaded is returned.
+    An existing file is read by its extension; an existing folder with ``load_from_disk``, in one of
+    the hub's layouts (:func:`hub_layout_splits`) or as a folder of data files (with ``subset``: its
+    subfolder or data file of that name if it has one); a missing path that looks local is an error;
+    anything else is a hub name (``subset`` = the hub config name; a set with a loading script is read
+    from the hub's Parquet export or its data files). ``split`` picks a split (see
+    :func:`select_split`); without it, what was loaded is returned.
     """
     if not path:
         raise RmoptError("data path is empty; expected a file, a folder or a hub name")
     path = str(path)
     local = os.path.expanduser(path)
-    if os.path.isfile(local):
-        ds = _load_file(local)
-    elif os.path.isdir(local):
-        if subset and os.path.isdir(os.path.join(local, subset)):
-            local = os.path.join(local, subset)
-        ds = _load_folder(local)
+    if os.path.exists(local):
+        ds = _load_local(local, subset)
     elif looks_like_local_path(path):
         raise RmoptError(f"data path {path!r} does not exist")
     else:
@@ -285,11 +425,12 @@ class ToyData:
     """
 
     sizes: dict[str, int] = field(
-        default_factory=lambda: {"sft": 8000, "preference": 4000, "unlabeled": 2000, "val": 2000}
+        default_factory=lambda: {"sft": 8000, "preference": 4000, "unlabeled": 2000, "val": 4000, "rm_val": 1000}
     )
     seed: int = 0
     sft_noise: float = 0.5
     path: str | None = None
+    pairs_val_split: str = "rm_val"  # rmopt-pairs' default held-out split (conf/pairs.yaml reads it)
 
     def __post_init__(self):
         self._splits = None
@@ -369,16 +510,8 @@ class HubData:
 
     def gold_gens_dataset(self):
         """The gold-labelled generations (instruction, input, answers, gold_scores), one split."""
-        import datasets
+        from rmopt.data.gold_gens import gold_gens_dataset
 
         if not self.gold_gens:
             raise RmoptError("data.gold_gens is not set: point it at a gold-labelled generations set")
-        ds = load_local_or_hub(self.gold_gens)
-        if isinstance(ds, datasets.DatasetDict):
-            if len(ds) != 1 and "train" not in ds:
-                raise RmoptError(
-                    f"gold_gens {self.gold_gens!r} has splits {sorted(ds)}; expected one split (or 'train')"
-                )
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-        require_columns(ds, GOLD_GENS_COLUMNS, self.gold_gens)
-        return ds
+        return gold_gens_dataset(self.gold_gens)
