@@ -34,13 +34,14 @@ SETTINGS = {
     # full: the demo the report describes
     "full": dict(
         model="toy-small", sft_steps=1500, pairs=4000, rm_steps=400, bon_prompts=100, big_n=512,
-        ppo_steps=100, ppo_eval_every=10, ppo_singles=[1, 2, 3, 4, 5], rollout=64, ppo_lr=1e-4,
-        eval_prompts=1000, eval_samples=2,
+        ppo_steps=100, ppo_eval_every=20, ppo_singles=[1, 2, 3, 4, 5], rollout=64, ppo_lr=1e-4,
+        # 2000 held-out prompts x 2 answers: gold's standard error over prompts about 0.01 at each evaluation
+        eval_prompts=2000, eval_samples=2,
     ),
 }
-# Held-out prompts (the toy world's val split, unseen by every training split): best-of-n and PPO evaluate
-# on its first rows, the reward models' held-out pairs (and so their reward_stats.json) come from the rest.
-RM_VAL_SPLIT = "val[1000:]"
+# Held-out prompts: best-of-n and PPO evaluate on the toy world's val split, the reward models' held-out pairs
+# (and so their reward_stats.json) come from rm_val; neither shares a prompt with any other split.
+RM_VAL_SPLIT = "rm_val"
 MEMBERS = 5
 
 
@@ -65,7 +66,7 @@ def reward_models(s: dict, out: Path, sft: Path, noise: float, bootstrap: bool, 
     pairs, rm = out / "data/pairs", out / "models/rm"
     run(
         "rmopt-pairs", *toy, f"model.name_or_path={sft}", f"output_dir={pairs}", f"label_noise={noise}",
-        "train_split=preference", f"data.sizes.preference={s['pairs']}", f'val_split="{RM_VAL_SPLIT}"',
+        "train_split=preference", f"data.sizes.preference={s['pairs']}", f"val_split={RM_VAL_SPLIT}",
         "max_new_tokens=24", f"seed={seed}", f"hydra.run.dir={out}/logs/pairs", log=log,
     )
     run(

@@ -70,14 +70,22 @@ def test_sft_split_spreads_in_quality_and_has_alpaca_schema():
     assert g.min() < 0.5 and g.std() > 0.2
 
 
-def test_val_prompts_are_unseen_by_every_training_split():
+def test_val_prompts_are_unseen_by_every_other_split():
     from omegaconf import OmegaConf
 
     sizes = OmegaConf.load("conf/data/toy.yaml").sizes  # the world every stage uses
     ds = generate_dataset(dict(sizes), seed=0)
     prompts = {s: set(zip(ds[s]["instruction"], ds[s]["input"], strict=True)) for s in ds}
-    seen = prompts["sft"] | prompts["preference"] | prompts["unlabeled"]
-    assert not prompts["val"] & seen
-    assert len(prompts["val"]) >= 300  # a few hundred distinct held-out prompts
+    training = prompts["sft"] | prompts["preference"] | prompts["unlabeled"]
+    assert not prompts["val"] & training and not prompts["val"] & prompts["rm_val"]
+    assert not prompts["rm_val"] & training  # the reward models' held-out pairs are unseen by their training too
+    assert len(prompts["val"]) >= 300 and len(prompts["rm_val"]) >= 100  # a few hundred distinct held-out prompts
     kinds = {s: np.mean([i.startswith("Sort") for i in ds[s]["instruction"]]) for s in ds}
-    assert abs(kinds["val"] - kinds["sft"]) < 0.05  # the same task mix on both sides of the split
+    assert abs(kinds["val"] - kinds["sft"]) < 0.05 and abs(kinds["rm_val"] - kinds["sft"]) < 0.05  # same task mix
+
+
+def test_rmopt_pairs_takes_its_held_out_pairs_from_rm_val_in_the_toy_world():
+    from conftest import compose
+
+    assert compose("pairs", ["experiment=toy"]).val_split == "rm_val"
+    assert compose("pairs", ["experiment=toy", "val_split=val"]).val_split == "val"

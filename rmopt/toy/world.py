@@ -33,9 +33,12 @@ ALL_WORDS = tuple(sorted({w for words in CATEGORIES.values() for w in words}))
 LETTERS = tuple(string.ascii_lowercase)
 REPEAT_WORDS = ("sun", "moon", "star", "rain", "wind", "snow", "tree", "rock", "sea", "sky", "hill", "leaf")
 TASKS = ("list", "sort", "repeat")
-SPLITS = ("sft", "preference", "unlabeled", "val")
-HELD_OUT_SPLITS = ("val",)  # drawn only from held-out prompts; every other split never sees one
-HELD_OUT_SHARE = 4  # one prompt in HELD_OUT_SHARE (by a hash of its text) is held out
+SPLITS = ("sft", "preference", "unlabeled", "val", "rm_val")
+# The prompt space is cut in three by a fixed hash of the prompt's text (crc32 mod 8): "val" (2 of 8, the
+# evaluation prompts of best-of-n and PPO), "rm_val" (1 of 8, the reward models' held-out pairs and so their
+# reward_stats.json) and "train" (the rest: sft, preference, unlabeled). No prompt is in two parts.
+PROMPT_PARTS = {0: "val", 1: "val", 2: "rm_val"}
+SPLIT_PART = {"val": "val", "rm_val": "rm_val"}  # every other split draws from "train"
 
 _LIST_RE = re.compile(r"^List (\d+) (\w+)\.$")
 _SORT_RE = re.compile(r"^Sort these letters\.$")
@@ -152,13 +155,13 @@ def _degrade(task: Task, items: list[str], rng: np.random.Generator) -> list[str
     return items
 
 
-def is_held_out(instruction: str, input: str = "") -> bool:
-    """Whether a prompt belongs to the held-out part of the prompt space (a fixed hash of its text).
+def prompt_part(instruction: str, input: str = "") -> str:
+    """The part of the prompt space a prompt belongs to: ``val``, ``rm_val`` or ``train`` (a fixed hash of its text).
 
-    Held-out splits (``val``) draw only such prompts and the others never do, so no (instruction,
-    input) of the evaluation split appears in sft, preference or unlabeled.
+    Each split draws only from its own part (:data:`SPLIT_PART`), so no (instruction, input) of the
+    evaluation split appears in sft, preference, unlabeled or rm_val.
     """
-    return zlib.crc32(f"{instruction}\n{input}".encode()) % HELD_OUT_SHARE == 0
+    return PROMPT_PARTS.get(zlib.crc32(f"{instruction}\n{input}".encode()) % 8, "train")
 
 
 def _draw_instruction(rng: np.random.Generator, kind: str) -> tuple[str, str]:
@@ -171,15 +174,15 @@ def _draw_instruction(rng: np.random.Generator, kind: str) -> tuple[str, str]:
     return f"Repeat the word {rng.choice(REPEAT_WORDS)} {rng.integers(2, 6)} times.", ""
 
 
-def _instruction(rng: np.random.Generator, held_out: bool) -> tuple[str, str]:
-    """A prompt of a uniformly drawn task kind, from the held-out part of the prompt space or the rest.
+def _instruction(rng: np.random.Generator, part: str) -> tuple[str, str]:
+    """A prompt of a uniformly drawn task kind from one part of the prompt space (:func:`prompt_part`).
 
-    The kind is drawn first and the prompt redrawn within it, so both parts keep the same task mix.
+    The kind is drawn first and the prompt redrawn within it, so every part keeps the same task mix.
     """
     kind = str(rng.choice(TASKS))
     while True:
         instruction, input = _draw_instruction(rng, kind)
-        if is_held_out(instruction, input) == held_out:
+        if prompt_part(instruction, input) == part:
             return instruction, input
 
 
@@ -193,8 +196,8 @@ def correct_answer(instruction: str, input: str, rng: np.random.Generator | None
     return task.render(task.target)
 
 
-def make_example(rng: np.random.Generator, noise: float, held_out: bool = False) -> dict[str, str]:
-    instruction, input = _instruction(rng, held_out)
+def make_example(rng: np.random.Generator, noise: float, part: str = "train") -> dict[str, str]:
+    instruction, input = _instruction(rng, part)
     task = parse_task(instruction, input)
     items = split_items(task, correct_answer(instruction, input, rng))
     if rng.random() < noise:
@@ -204,17 +207,18 @@ def make_example(rng: np.random.Generator, noise: float, held_out: bool = False)
     return {"instruction": instruction, "input": input, "output": task.render(items)}
 
 
-def generate_split(size: int, seed: int, noise: float = 0.0, held_out: bool = False) -> list[dict[str, str]]:
-    """``size`` examples with the AlpacaFarm schema (instruction, input, output), from the held-out
-    part of the prompt space or from the rest (:func:`is_held_out`)."""
+def generate_split(size: int, seed: int, noise: float = 0.0, part: str = "train") -> list[dict[str, str]]:
+    """``size`` examples with the AlpacaFarm schema (instruction, input, output) from one part of the
+    prompt space (:func:`prompt_part`)."""
     rng = np.random.default_rng(seed)
-    return [make_example(rng, noise, held_out) for _ in range(size)]
+    return [make_example(rng, noise, part) for _ in range(size)]
 
 
 def generate_dataset(sizes: dict[str, int], seed: int = 0, sft_noise: float = 0.5):
     """A ``datasets.DatasetDict`` with AlpacaFarm-like splits; only ``sft`` has degraded outputs.
 
-    ``val`` holds only held-out prompts, which no other split contains.
+    ``val`` (evaluation) and ``rm_val`` (the reward models' held-out pairs) hold prompts of their own
+    parts of the prompt space, which no other split contains.
     """
     import datasets
 
@@ -223,7 +227,7 @@ def generate_dataset(sizes: dict[str, int], seed: int = 0, sft_noise: float = 0.
         if sizes.get(name, 0) <= 0:
             continue
         rows = generate_split(
-            sizes[name], seed=seed * 1000 + i, noise=sft_noise if name == "sft" else 0.0, held_out=name in HELD_OUT_SPLITS
+            sizes[name], seed=seed * 1000 + i, noise=sft_noise if name == "sft" else 0.0, part=SPLIT_PART.get(name, "train")
         )
         splits[name] = datasets.Dataset.from_list(rows)
     return datasets.DatasetDict(splits)
