@@ -215,3 +215,13 @@ def test_console_script_is_declared():
 
     pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
     assert '\nrmopt-convert-alpacafarm-rm = "rmopt.convert_alpaca_farm:main"\n' in pyproject
+
+
+def test_gold_dtype_is_honoured(converted):
+    """gold.dtype reaches from_pretrained(dtype=...), a keyword of transformers >= 4.56 (pyproject's lower
+    bound): 4.55 takes it for a config field and fails on it."""
+    gold = alpaca_gold(converted, dtype="bfloat16")
+    assert {p.dtype for p in gold.model.parameters()} == {torch.bfloat16}
+    assert gold.model.score.bias.item() == torch.tensor(gold.model.config.score_bias).bfloat16().item()
+    scores = gold.score(INSTRUCTIONS[:2], INPUTS[:2], ANSWERS[:2])
+    assert scores.dtype.name == "float32" and len(set(scores.tolist())) == 2
