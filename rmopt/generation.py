@@ -53,11 +53,12 @@ def sample_ids(
     out = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)  # tokens of each answer
-    cache = None
+    cache, key = None, _cache_keyword(model)
     step_ids, step_pos = input_ids, position_ids
     for t in range(max_new_tokens):
-        result = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos, cache=cache, use_cache=True)
-        cache = result.cache
+        result = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos, use_cache=True,
+                       **{key: cache})
+        cache = getattr(result, key)
         logits = result.logits[:, -1, :].float()
         next_ids = _sample(logits, temperature, top_p, generator)
         next_ids = torch.where(done, torch.full_like(next_ids, pad_token_id), next_ids)
@@ -72,6 +73,24 @@ def sample_ids(
         step_pos = step_pos[:, -1:] + 1
         attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
     return [row[:n] for row, n in zip(out.tolist(), lengths.tolist(), strict=True)]
+
+
+def _cache_keyword(model) -> str:
+    """The KV cache's name in a model's forward and output: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (the name the model's signature shows; else the installed version's)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for key in ("cache", "past_key_values"):
+        if key in params:
+            return key
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__) >= Version("5.24.0.dev0") else "past_key_values"
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
