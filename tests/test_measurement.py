@@ -127,18 +127,18 @@ def _monte_carlo_kl(module, temperature: float, answers_per_prompt: int, seed: i
 @pytest.mark.parametrize("temperature", [1.0, 1.5])
 def test_eval_kl_is_the_trained_policys_kl_whatever_the_eval_settings(toy_sft_dir, rm_dirs, tmp_path, temperature):
     module = _module(toy_sft_dir, rm_dirs, tmp_path, f"temperature={temperature}", "eval_temperature=0.5",
-                     "eval_top_p=0.9", "eval_samples=64")
+                     "eval_top_p=0.9", "eval_samples=96", "eval_prompts=16")
     record = module.evaluate(0)
     assert record["settings"]["temperature"] == 0.5 and record["settings"]["top_p"] == 0.9
-    assert record["settings"]["train_temperature"] == temperature and record["settings"]["samples"] == 64
-    mc = _monte_carlo_kl(module, temperature, answers_per_prompt=64, seed=1)
+    assert record["settings"]["train_temperature"] == temperature and record["settings"]["samples"] == 96
+    mc = _monte_carlo_kl(module, temperature, answers_per_prompt=96, seed=1)
     assert mc.mean() > 0.3  # the perturbation moved the policy: the test can tell a wrong KL from a right one
     for key in ("kl_per_prompt", "kl_k1_per_prompt"):  # paired over prompts: prompt-to-prompt spread cancels
         diff, se = mean_and_se(np.asarray(record[key]) - mc)
         assert abs(diff) < 4 * se, (key, diff, se, record[key], mc)
         assert 4 * se < 0.3 * mc.mean()  # tight enough to catch a KL 30% off
     # proxy-scored answers were sampled at 0.5 / 0.9: no per-answer KL on them
-    assert "kl" not in record["rows"][0] and len(record["rows"]) == 8 * 64
+    assert "kl" not in record["rows"][0] and len(record["rows"]) == 16 * 96
 
 
 def test_eval_at_the_training_settings_keeps_each_answers_kl_and_its_standard_errors(toy_sft_dir, rm_dirs, tmp_path):
