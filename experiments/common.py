@@ -112,15 +112,8 @@ def load_bon_store(bon_dir: str | Path, normalise: bool | None = None, gold_gens
     """
     import pyarrow.parquet as pq
 
-    from rmopt.bon_pipeline import (
-        GENS_DIR,
-        RUN_FILE,
-        SCORES_FILE,
-        SCORES_META,
-        _normalise,
-        load_gold_gens,
-        resolve_ns,
-    )
+    from rmopt.bon_pipeline import GENS_DIR, RUN_FILE, SCORES_FILE, SCORES_META, _normalise, resolve_ns
+    from rmopt.data.gold_gens import load_gold_gens
 
     bon_dir = Path(bon_dir)
     meta_file, scores_file = bon_dir / SCORES_META, bon_dir / SCORES_FILE
