@@ -52,6 +52,13 @@ def gold_text(template: str, instruction: str, input: str, answer: str, eos: str
     raise RmoptError(f"gold template {template!r} is unknown; expected one of {list(TEMPLATES)}")
 
 
+def _check_options(template: str, padding_side: str) -> None:
+    if template not in TEMPLATES:
+        raise RmoptError(f"gold template {template!r} is unknown; expected one of {list(TEMPLATES)}")
+    if padding_side not in ("left", "right"):
+        raise RmoptError(f"gold.padding_side={padding_side!r}: expected left or right")
+
+
 def _check_lengths(instructions, inputs, answers) -> None:
     if not (len(instructions) == len(inputs) == len(answers)):
         raise RmoptError(
@@ -92,38 +99,47 @@ class HFGoldReward:
         append_eos: bool = False,
         padding_side: str = "right",
     ):
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from rmopt.models import _dtype, _from_pretrained
 
-        if template not in TEMPLATES:
-            raise RmoptError(f"gold template {template!r} is unknown; expected one of {list(TEMPLATES)}")
-        if padding_side not in ("left", "right"):
-            raise RmoptError(f"gold.padding_side={padding_side!r}: expected left or right")
+        _check_options(template, padding_side)
         if not name_or_path:
             raise RmoptError("gold.name_or_path is not set: point it at the gold reward model's folder")
         if os.path.isdir(name_or_path) and not os.path.exists(os.path.join(name_or_path, "config.json")):
             raise RmoptError(f"gold reward model folder {name_or_path!r} has no config.json")
-        self.name = name_or_path
-        self.template, self.batch_size, self.max_length = template, int(batch_size), int(max_length)
-        self.device = torch.device(resolve_device(device))
-        self.tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, "gold tokenizer")
-        if self.tokenizer.pad_token is None:  # pooling uses the attention mask, so any pad token will do
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.tokenizer.padding_side = padding_side
-        self.tokenizer.truncation_side = "right"
-        self.eos = (self.tokenizer.eos_token or "") if append_eos else ""
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, "gold tokenizer")
         model = _from_pretrained(
             AutoModelForSequenceClassification.from_pretrained,
             name_or_path,
             "gold reward model",
             dtype=_dtype(dtype),
         )
+        self._setup(name_or_path, model, tokenizer, template, device, batch_size, max_length, append_eos, padding_side)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, template: str = "alpaca", device: str = "auto", batch_size: int = 16,
+                   max_length: int = 1024, append_eos: bool = False, padding_side: str = "right", name: str = "model"):
+        """A gold scorer around a model and tokenizer already in memory (as a loaded folder would be)."""
+        _check_options(template, padding_side)
+        self = cls.__new__(cls)
+        self._setup(name, model, tokenizer, template, device, batch_size, max_length, append_eos, padding_side)
+        return self
+
+    def _setup(self, name, model, tokenizer, template, device, batch_size, max_length, append_eos, padding_side):
+        import torch
+
+        self.name = name
+        self.template, self.batch_size, self.max_length = template, int(batch_size), int(max_length)
+        self.device = torch.device(resolve_device(device))
+        self.tokenizer = tokenizer
+        if self.tokenizer.pad_token is None:  # pooling uses the attention mask, so any pad token will do
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.tokenizer.padding_side = padding_side
+        self.tokenizer.truncation_side = "right"
+        self.eos = (self.tokenizer.eos_token or "") if append_eos else ""
         if model.config.num_labels != 1:
-            raise RmoptError(
-                f"gold reward model {name_or_path!r} has {model.config.num_labels} outputs; expected 1"
-            )
+            raise RmoptError(f"gold reward model {name!r} has {model.config.num_labels} outputs; expected 1")
         self.model = with_score_bias(model).to(self.device).eval()
 
     def texts(self, instructions, inputs, answers) -> list[str]:

@@ -225,3 +225,17 @@ def test_gold_dtype_is_honoured(converted):
     assert gold.model.score.bias.item() == torch.tensor(gold.model.config.score_bias).bfloat16().item()
     scores = gold.score(INSTRUCTIONS[:2], INPUTS[:2], ANSWERS[:2])
     assert scores.dtype.name == "float32" and len(set(scores.tolist())) == 2
+
+
+def test_gold_from_a_model_in_memory_scores_as_from_its_folder(converted):
+    """HFGoldReward.from_model (the GPU check builds its 7B-shaped gold in memory) = the folder's gold."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rmopt.gold import HFGoldReward
+
+    folder = alpaca_gold(converted)
+    memory = HFGoldReward.from_model(
+        AutoModelForSequenceClassification.from_pretrained(converted), AutoTokenizer.from_pretrained(converted),
+        device="cpu", padding_side="left", max_length=512,
+    )
+    assert memory.score(INSTRUCTIONS, INPUTS, ANSWERS).tolist() == folder.score(INSTRUCTIONS, INPUTS, ANSWERS).tolist()

@@ -1,5 +1,8 @@
 """On a CUDA GPU only (skipped elsewhere; `make test-gpu`): the GPU trainer configs (bf16 mixed precision,
-FSDP on one device) through the stages' own train functions, and the padding-free forward on CUDA."""
+FSDP on one device) through the stages' own train functions, the padding-free forward on CUDA, and the
+paper's shapes with random weights (tests/paper_shapes.py: Pythia-70M reward models, a Pythia-1.4B policy,
+a LLaMA-7B-shaped gold RM in bf16) through one RM step, one PPO step, best-of-n and gold scoring, each
+printing its time, throughput and peak GPU memory (`paper-shapes ...` lines)."""
 
 from __future__ import annotations
 
@@ -134,3 +137,59 @@ def test_sampling_a_cuda_model_with_a_cpu_generator():
     runs = [generate_answers(model, tok, *prompts, max_new_tokens=8, temperature=1.0,
                              generator=torch.Generator().manual_seed(3)).texts for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+# --------------------------------------------------------------------------------------------
+# the paper's shapes, random weights: does each stage's step fit, and how fast is it (printed)
+
+
+@pytest.fixture(scope="module")
+def paper_rms(tmp_path_factory):
+    import paper_shapes as ps
+
+    return ps.save_rms(ps.PYTHIA_70M, tmp_path_factory.mktemp("paper-rms"))  # 5 members, as the paper's ensembles
+
+
+def _show(capsys, name: str, out: dict) -> None:
+    import paper_shapes as ps
+
+    with capsys.disabled():  # shown whatever pytest's capture mode
+        print("\n" + ps.line(name, out))
+
+
+def test_paper_shapes_rm_step(capsys):
+    import paper_shapes as ps
+
+    out = ps.rm_step(ps.PYTHIA_70M, "cuda", pairs=32, length=520, steps=5)
+    _show(capsys, "rm-step (Pythia-70M, 32 pairs of up to 520 tokens, bf16-mixed, AdamW)", out)
+    assert out["losses_finite"] and out["peak_gib"] > 0
+
+
+def test_paper_shapes_ppo_step(paper_rms, tmp_path, capsys):
+    import paper_shapes as ps
+
+    policy = ps.save_policy(ps.PYTHIA_1_4B, tmp_path / "policy-1.4b")
+    out = ps.ppo_step(policy, paper_rms, (1, 2, 3, 4, 5), tmp_path, "gpu", rollouts=64, minibatch=16, new_tokens=256,
+                      eval_prompts=8)
+    _show(capsys, "ppo-step (Pythia-1.4B policy, 5 Pythia-70M RMs, 64 rollouts x 256 new tokens, 4 epochs)", out)
+    assert out["finite"] and out["evals"] == 2 and out["answer_length"] > 0
+
+
+def test_paper_shapes_bon_scoring(paper_rms, capsys):
+    import paper_shapes as ps
+
+    out = ps.bon_scoring(paper_rms, (1, 2, 3, 4, 5), "cuda", prompts=4, n=512, answer_tokens=256, batch_size=256)
+    _show(capsys, "bon-scoring (5 Pythia-70M RMs in bf16, 4 prompts x 512 answers of up to 256 tokens)", out)
+    assert out["finite"] and out["proxy_rises"]
+
+
+def test_paper_shapes_gold_scoring(tmp_path, capsys):
+    import paper_shapes as ps
+
+    total = torch.cuda.get_device_properties(0).total_memory / ps.GIB
+    if total < 40:
+        pytest.skip(f"a LLaMA-7B-shaped gold RM in bf16 (13.5 GiB of weights) is not tried on {total:.0f} GiB")
+    out = ps.gold_scoring(ps.LLAMA_7B, tmp_path, "cuda", texts=64, batch_size=16)
+    _show(capsys, "gold-scoring (LLaMA-7B shape in bf16, gold=alpaca_farm's format, 64 texts, half cut at 512)", out)
+    assert out["finite"] and out["max_tokens"] == 512 and out["params_b"] > 6.5
+    assert out["batch_vs_alone"] < 0.1 * max(1.0, out["score_std"])  # left-padded batch vs one at a time, bf16
