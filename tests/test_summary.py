@@ -1,10 +1,8 @@
 import json
-
-import pytest
-
 import math
 
 import numpy as np
+import pytest
 
 from rmopt.summary import average_curve, bon_summary, curve_summary, difference, ppo_summary
 
