@@ -52,6 +52,15 @@ def gold_text(template: str, instruction: str, input: str, answer: str, eos: str
     raise RmoptError(f"gold template {template!r} is unknown; expected one of {list(TEMPLATES)}")
 
 
+def _model_type(folder: str) -> str | None:
+    import json
+
+    try:
+        return json.loads(open(os.path.join(folder, "config.json")).read()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _check_options(template: str, padding_side: str) -> None:
     if template not in TEMPLATES:
         raise RmoptError(f"gold template {template!r} is unknown; expected one of {list(TEMPLATES)}")
@@ -108,6 +117,11 @@ class HFGoldReward:
             raise RmoptError("gold.name_or_path is not set: point it at the gold reward model's folder")
         if os.path.isdir(name_or_path) and not os.path.exists(os.path.join(name_or_path, "config.json")):
             raise RmoptError(f"gold reward model folder {name_or_path!r} has no config.json")
+        if os.path.isdir(name_or_path) and _model_type(name_or_path) == "reward_model":
+            raise RmoptError(
+                f"gold reward model folder {name_or_path!r} is AlpacaFarm's RewardModel as its weight recovery left it; "
+                f"convert it first: rmopt-convert-alpacafarm-rm {name_or_path} <output folder>"
+            )
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, "gold tokenizer")
         model = _from_pretrained(
             AutoModelForSequenceClassification.from_pretrained,

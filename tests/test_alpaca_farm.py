@@ -177,6 +177,16 @@ def test_converter_refuses_other_weights_with_one_line(tmp_path, capsys, edit, m
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+def test_gold_points_at_the_converter_when_given_the_recovered_folder(recovered):
+    from rmopt.errors import RmoptError, user_error
+
+    with pytest.raises(Exception) as info:  # Hydra's instantiate wraps it; the CLIs print the RmoptError
+        alpaca_gold(recovered[0])
+    cause = user_error(info.value)
+    assert isinstance(cause, RmoptError)
+    assert __import__("re").search(r"is AlpacaFarm's RewardModel .*; convert it first: rmopt-convert-alpacafarm-rm ", str(cause))
+
+
 def test_converter_refuses_a_wrong_folder_with_one_line(tmp_path, capsys, recovered):
     rm_dir, _ = save_recovered(tmp_path / "rec", backbone_name="/juice5/models/sft_v6_llama_7b")
     cases = [
