@@ -79,6 +79,9 @@ def test_val_prompts_are_unseen_by_every_other_split():
     training = prompts["sft"] | prompts["preference"] | prompts["unlabeled"]
     assert not prompts["val"] & training and not prompts["val"] & prompts["rm_val"]
     assert not prompts["rm_val"] & training  # the reward models' held-out pairs are unseen by their training too
+    # nor does any held-out sort prompt have a training prompt's letters in another order (the same answer)
+    letters = {s: {" ".join(sorted(x.split())) for i, x in p if i.startswith("Sort")} for s, p in prompts.items()}
+    assert not letters["val"] & (letters["sft"] | letters["preference"] | letters["unlabeled"] | letters["rm_val"])
     assert len(prompts["val"]) >= 300 and len(prompts["rm_val"]) >= 100  # a few hundred distinct held-out prompts
     kinds = {s: np.mean([i.startswith("Sort") for i in ds[s]["instruction"]]) for s in ds}
     assert abs(kinds["val"] - kinds["sft"]) < 0.05 and abs(kinds["rm_val"] - kinds["sft"]) < 0.05  # same task mix

@@ -159,9 +159,11 @@ def prompt_part(instruction: str, input: str = "") -> str:
     """The part of the prompt space a prompt belongs to: ``val``, ``rm_val`` or ``train`` (a fixed hash of its text).
 
     Each split draws only from its own part (:data:`SPLIT_PART`), so no (instruction, input) of the
-    evaluation split appears in sft, preference, unlabeled or rm_val.
+    evaluation split appears in sft, preference, unlabeled or rm_val. A sort prompt is placed by its
+    set of letters, so the same letters in another order (the same right answer) stay in one part.
     """
-    return PROMPT_PARTS.get(zlib.crc32(f"{instruction}\n{input}".encode()) % 8, "train")
+    key = " ".join(sorted(input.split())) if _SORT_RE.match(instruction) else input
+    return PROMPT_PARTS.get(zlib.crc32(f"{instruction}\n{key}".encode()) % 8, "train")
 
 
 def _draw_instruction(rng: np.random.Generator, kind: str) -> tuple[str, str]:
