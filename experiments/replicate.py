@@ -28,7 +28,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.demo import ROOT, run_demo  # noqa: E402
-from experiments.report import COMPARED, SINGLE, STAGES, demo_curves, headline_figure, report_text  # noqa: E402
+from experiments.report import (  # noqa: E402
+    COMPARED,
+    SINGLE,
+    STAGES,
+    demo_curves,
+    headline_figure,
+    multiplier,
+    report_text,
+)
 from rmopt.stats import standard_error  # noqa: E402
 from rmopt.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -40,10 +48,14 @@ def _common_names(summaries: Sequence[Mapping], stage: str) -> list[str]:
 
 
 def _aggregate(values: Sequence[Mapping], keys: Sequence[str]) -> dict:
+    """Mean, SE and the replicates' values of each number; a location (``n_at_max``, ...) as each replicate's."""
     out = {}
     for key in keys:
         xs = [float(v[key]) for v in values]
-        out[key], out[f"{key}_se"], out[f"{key}_replicates"] = float(np.mean(xs)), standard_error(xs), xs
+        if key.endswith("_at_max"):
+            out[key] = xs
+        else:
+            out[key], out[f"{key}_se"], out[f"{key}_replicates"] = float(np.mean(xs)), standard_error(xs), xs
     return out
 
 
@@ -51,9 +63,11 @@ def replicate_summary(summaries: Sequence[Mapping]) -> dict:
     """Mean and SE over replicates of every number of the replicates' demo summaries."""
     out: dict = {}
     for stage in STAGES:
-        names = _common_names(summaries, stage)
-        keys = [k for k in summaries[0][stage][names[0]] if not k.endswith("_se") and isinstance(summaries[0][stage][names[0]][k], (int, float))]
-        out[stage] = {name: _aggregate([s[stage][name] for s in summaries], keys) for name in names}
+        out[stage] = {}
+        for name in _common_names(summaries, stage):
+            first = summaries[0][stage][name]
+            keys = [k for k, v in first.items() if not k.endswith("_se") and isinstance(v, (int, float))]
+            out[stage][name] = _aggregate([s[stage][name] for s in summaries], keys)
     out["comparisons"] = {}
     for stage in STAGES:
         out["comparisons"][stage] = {}
@@ -87,16 +101,19 @@ def replicate_curves(curve_sets: Sequence[Mapping[str, Mapping[str, dict]]]) -> 
 def write_replicate_report(out: Path, reps: Sequence[Path]) -> dict:
     summaries = [json.loads((rep / "summary.json").read_text()) for rep in reps]
     settings = {**summaries[0]["settings"], "replicates": len(reps), "seeds": [s["settings"].get("seed") for s in summaries],
-                "minutes": [s["settings"].get("minutes") for s in summaries]}
+                "members": [s["settings"]["members"] for s in summaries], "minutes": [s["settings"].get("minutes") for s in summaries]}
     settings.pop("seed", None)
     summary = {"settings": settings, **replicate_summary(summaries)}
     atomic_write_json(out / "summary.json", summary)
     k = len(reps)
     headline_figure(replicate_curves([demo_curves(rep) for rep in reps]), out / "overoptimization.png",
-                    f"Gold score as the proxy is optimized harder: mean of {k} replicates, bands 95% over replicates")
+                    f"Gold score as the proxy is optimized harder: mean of {k} replicates, bands 95% over replicates",
+                    z=multiplier(settings))
     uncertainty = (f"the standard errors are over the {k} replicates (independent seeds for SFT, pairs, reward models, "
                    f"sampling and PPO; each replicate's own numbers, with SEs over prompts, are in rep1/ ... rep{k}/). "
-                   f"With only {k} replicates the standard error is itself rough.")
+                   f"Over {k} replicates the 95% interval is +-t SE with Student's t for {k - 1} degrees of freedom. The "
+                   "table's numbers are means over replicates of each replicate's own numbers (its peak location is "
+                   "listed per replicate), while the figure draws the replicate-averaged curves.")
     intro = (f"Made by `experiments/replicate.py --replicates {k}`: {k} runs of `experiments/demo.py` "
              f"(seeds {settings['seeds']}, minutes per replicate {settings['minutes']}). The '{SINGLE}' rows are the "
              "average of each replicate's single reward models.")

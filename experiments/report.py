@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rmopt.stats import Z95, excludes_zero, interval
+from rmopt.stats import Z95, excludes_zero, interval, t95
 from rmopt.summary import (
     average_curve,
     bon_curves_from,
@@ -27,7 +27,7 @@ from rmopt.utils import atomic_write_json, atomic_write_text
 ENSEMBLES = ("mean", "wco", "uwo")
 COLORS = {"mean": "tab:blue", "wco": "tab:red", "uwo": "tab:green"}
 SINGLE = "single"  # the pointwise average of the single reward models' curves
-COMPARED = ("drop", "gold_final", "gold_max")  # each ensemble against the average single RM
+COMPARED = ("drop_cv", "gold_final", "gold_peak_cv")  # each ensemble against the average single RM
 STAGES = {"bon": "n", "ppo": "kl"}
 
 
@@ -58,6 +58,8 @@ def summarise_demo(curves: Mapping[str, Mapping[str, dict]]) -> dict:
         if stage == "ppo":
             for name, s in full.items():
                 s["step_final"] = curves[stage][name]["step"][-1]
+        if SINGLE in full:
+            full[SINGLE]["singles"] = sum(1 for name in full if _kind(name) == "single" and name != SINGLE)
         summary[stage] = {name: without_per_prompt(s) for name, s in full.items()}
         if SINGLE in full:
             comparisons[stage] = {
@@ -71,9 +73,9 @@ def summarise_demo(curves: Mapping[str, Mapping[str, dict]]) -> dict:
 # the figure
 
 
-def headline_figure(curves: Mapping[str, Mapping[str, dict]], path: Path, title: str) -> Path:
+def headline_figure(curves: Mapping[str, Mapping[str, dict]], path: Path, title: str, z: float = Z95) -> Path:
     """Gold score against KL for best-of-n and PPO: single RMs in grey (their average with a band),
-    ensembles in colour with bands (+-1.96 SE)."""
+    ensembles in colour with bands (95%: +-z SE)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +95,7 @@ def headline_figure(curves: Mapping[str, Mapping[str, dict]], path: Path, title:
                 style = {"color": COLORS.get(kind, "k"), "lw": 2, "marker": "o", "ms": 3, "label": name}
             ax.plot(c[x], c["gold_score"], **style)
             if kind != "single" or name == SINGLE:
-                band(ax, c[x], c["gold_score"], c.get("gold_score_se"), style["color"])
+                band(ax, c[x], c["gold_score"], c.get("gold_score_se"), style["color"], z=z)
         handles, labels = ax.get_legend_handles_labels()
         keep = {label: h for h, label in zip(handles, labels, strict=True)}
         ax.legend(keep.values(), keep.keys(), fontsize=8)
@@ -108,93 +110,116 @@ def headline_figure(curves: Mapping[str, Mapping[str, dict]], path: Path, title:
 # sentences from numbers
 
 
-def _pm(s: Mapping, key: str) -> str:
+def multiplier(settings: Mapping) -> float:
+    """The 95% interval's multiplier of a summary's SEs: 1.96 over prompts, Student's t over K replicates."""
+    k = settings.get("replicates")
+    return t95(int(k) - 1) if k else Z95
+
+
+def _pm(s: Mapping, key: str, z: float) -> str:
     se = s.get(f"{key}_se", float("nan"))
-    return f"{s[key]:.3f}" + ("" if np.isnan(se) else f" +- {Z95 * se:.3f}")
+    return f"{s[key]:.3f}" + ("" if np.isnan(se) else f" +- {z * se:.3f}")
 
 
 def _fmt(v) -> str:
+    if isinstance(v, (list, tuple)):  # a location in each replicate
+        return "/".join(_fmt(x) for x in v)
     return str(int(v)) if float(v).is_integer() else f"{v:.2f}"
 
 
-def _finding(d: Mapping, more: str, less: str, unit: str = "") -> str:
-    """'X more/less ... (interval)' when the interval excludes zero, else 'no clear difference'."""
+def _finding(d: Mapping, more: str, less: str, z: float) -> str:
+    """'X more/less (interval)' when the 95% interval excludes zero, else 'no clear difference (interval)'."""
     v, se = d["value"], d["se"]
-    lo, hi = interval(v, se)
+    if np.isnan(se):
+        return f"{v:+.3f} (no standard error)"
+    lo, hi = interval(v, se, z)
     span = f"95% interval {lo:+.3f} to {hi:+.3f}"
-    if excludes_zero(v, se):
-        return f"{abs(v):.3f}{unit} {more if v > 0 else less} ({span})"
-    return f"no clear difference ({v:+.3f}, {span})" if not np.isnan(se) else f"{v:+.3f} (no standard error)"
+    return f"{abs(v):.3f} {more if v > 0 else less} ({span})" if excludes_zero(v, se, z) else f"no clear difference ({v:+.3f}, {span})"
 
 
-def verdict(stage: str, summary: Mapping, comparisons: Mapping) -> list[str]:
-    """Plain sentences about one stage, each computed from this run's numbers and their intervals."""
+def _clear(s: Mapping, key: str, z: float) -> bool:
+    """Whether ``s[key]`` is clearly above zero (its 95% interval excludes zero)."""
+    return key in s and s[key] > 0 and excludes_zero(s[key], s.get(f"{key}_se", float("nan")), z)
+
+
+def verdict(stage: str, summary: Mapping, comparisons: Mapping, z: float = Z95) -> list[str]:
+    """Plain sentences about one stage, each computed from the numbers and their intervals.
+
+    Whether gold rose and fell is judged on the cross-fitted peak (located on one half of the prompts,
+    measured on the other), which a flat noisy curve does not pass; the plain maximum is shown beside it.
+    """
     x = STAGES[stage]
     single = summary.get(SINGLE)
     if single is None:
         return []
-    k = sum(1 for n in summary if _kind(n) == "single" and n != SINGLE)
-    fell = excludes_zero(single["drop"], single.get("drop_se", float("nan"))) and single["drop"] > 0
-    rose = excludes_zero(single["rise"], single.get("rise_se", float("nan"))) and single["rise"] > 0
-    proxy_up = excludes_zero(single.get("proxy_gain", 0.0), single.get("proxy_gain_se", float("nan"))) and single.get("proxy_gain", 0) > 0
+    fell, rose, proxy_up = (_clear(single, key, z) for key in ("drop_cv", "rise_cv", "proxy_gain"))
     lines = [
-        f"Single reward models (average of {k}): gold {_pm(single, 'gold_start')} at the start, "
-        f"{'rising' if rose else 'with no clear rise'} to {_pm(single, 'gold_max')} at {x} = {_fmt(single[f'{x}_at_max'])}, "
-        f"then {'falling clearly' if fell else 'with no clear fall'} to {_pm(single, 'gold_final')} at {x} = {_fmt(single[f'{x}_final'])} "
-        f"(drop {_pm(single, 'drop')}); the proxy score {'rose clearly' if proxy_up else 'did not rise clearly'} "
-        f"({_pm(single, 'proxy_gain')})."
+        f"Single reward models (average of {_fmt(single.get('singles', 0))}): gold {_pm(single, 'gold_start', z)} at the start, "
+        f"highest at {x} = {_fmt(single[f'{x}_at_max'])} ({_pm(single, 'gold_max', z)}; at the peak located on the other half "
+        f"of the prompts {_pm(single, 'gold_peak_cv', z)}, {'a clear rise' if rose else 'no clear rise'} of "
+        f"{_pm(single, 'rise_cv', z)}), final {_pm(single, 'gold_final', z)} at {x} = {_fmt(single[f'{x}_final'])}: "
+        f"{'a clear fall' if fell else 'no clear fall'} of {_pm(single, 'drop_cv', z)} from that peak. The proxy score "
+        f"{'rose clearly' if proxy_up else 'did not rise clearly'} ({_pm(single, 'proxy_gain', z)})."
         + (" That is overoptimization: the proxy rose while gold fell." if fell and proxy_up else "")
     ]
     for name, c in comparisons.items():
         s = summary[name]
         lines.append(
-            f"{name.upper()}: peak {_pm(s, 'gold_max')} at {x} = {_fmt(s[f'{x}_at_max'])}, final {_pm(s, 'gold_final')} "
-            f"at {x} = {_fmt(s[f'{x}_final'])}, drop {_pm(s, 'drop')}. Against the average single RM: drop "
-            f"{_finding(c['drop'], 'larger', 'smaller')}; final gold {_finding(c['gold_final'], 'higher', 'lower')}; "
-            f"peak {_finding(c['gold_max'], 'higher', 'lower')}."
+            f"{name.upper()}: highest at {x} = {_fmt(s[f'{x}_at_max'])} ({_pm(s, 'gold_max', z)}), final {_pm(s, 'gold_final', z)} "
+            f"at {x} = {_fmt(s[f'{x}_final'])}, fall from the cross-fitted peak {_pm(s, 'drop_cv', z)}. Against the average "
+            f"single RM: fall {_finding(c['drop_cv'], 'larger', 'smaller', z)}; final gold "
+            f"{_finding(c['gold_final'], 'higher', 'lower', z)}; peak gold {_finding(c['gold_peak_cv'], 'higher', 'lower', z)}."
         )
     return lines
 
 
-def _table(summary: Mapping, x: str) -> str:
-    head = (f"| reward | gold start | gold max | {x} at max | gold final | final {x} | drop |\n"
-            "|---|---|---|---|---|---|---|\n")
+def _table(summary: Mapping, x: str, z: float) -> str:
+    head = (f"| reward | gold start | gold max | {x} at max | cross-fitted peak | gold final | final {x} | fall from peak |\n"
+            "|---|---|---|---|---|---|---|---|\n")
     return head + "\n".join(
-        f"| {name} | {_pm(s, 'gold_start')} | {_pm(s, 'gold_max')} | {_fmt(s[f'{x}_at_max'])} | {_pm(s, 'gold_final')} | "
-        f"{_fmt(s[f'{x}_final'])} | {_pm(s, 'drop')} |"
-        for name, s in summary.items()
+        f"| {name} | {_pm(s, 'gold_start', z)} | {_pm(s, 'gold_max', z)} | {_fmt(s[f'{x}_at_max'])} | {_pm(s, 'gold_peak_cv', z)} | "
+        f"{_pm(s, 'gold_final', z)} | {_fmt(s[f'{x}_final'])} | {_pm(s, 'drop_cv', z)} |"
+        for name, s in summary.items() if "gold_peak_cv" in s
     )
 
 
+def _members(s: Mapping) -> str:
+    members = s["members"]
+    if members and isinstance(members[0], (list, tuple)):  # one list per replicate
+        return f"{len(members[0])} reward models per replicate (seeds {'; '.join(map(str, members))})"
+    return f"{len(members)} reward models (seeds {members})"
+
+
 def report_text(summary: Mapping, settings: Mapping, figure: str, uncertainty: str, intro: str) -> str:
-    s = settings
+    s, z = settings, multiplier(settings)
     bon_cmp, ppo_cmp = (summary["comparisons"].get(stage, {}) for stage in ("bon", "ppo"))
     return f"""# Overoptimization in the toy world
 
 {intro} Policy and reward-model base `{s['model']}` (SFT {s['sft_steps']} steps), {s['pairs']} preference
-prompts labelled by the gold reward with label noise {s['label_noise']}, {len(s['members'])} reward models (seeds
-{s['members']}, {'each on its own bootstrap resample' if s['bootstrap'] else 'sharing their data'}, {s['rm_steps']} steps),
+prompts labelled by the gold reward with label noise {s['label_noise']}, {_members(s)},
+{'each on its own bootstrap resample' if s['bootstrap'] else 'sharing their data'}, {s['rm_steps']} steps;
 members {'standardised by their held-out statistics before combining' if s.get('normalise', True) else 'combined as they score'},
 UWO weight {s['uwo_weight']}. Best-of-n over {s['bon_prompts']} held-out prompts x {s['big_n']} answers; PPO
 {s['ppo_steps']} steps (learning rate {s.get('ppo_lr')}, KL coefficient {s['kl_coef']}), evaluated on
 {s.get('eval_prompts')} held-out prompts x {s.get('eval_samples')} answers at the training temperature.
 
-Numbers are mean +- 1.96 SE (a 95% interval); {uncertainty} A difference is called one only when its
-interval excludes zero.
+Numbers are mean +- {z:.2f} SE (a 95% interval); {uncertainty} A difference is called one only when its
+interval excludes zero. The highest point of a noisy curve overstates its peak, so rises and falls are
+measured from the cross-fitted peak: located on one half of the prompts, its gold measured on the other.
 
 ![gold score against KL]({figure})
 
 ## Best-of-n
 
-{chr(10).join('- ' + line for line in verdict('bon', summary['bon'], bon_cmp))}
+{chr(10).join('- ' + line for line in verdict('bon', summary['bon'], bon_cmp, z))}
 
-{_table(summary['bon'], 'n')}
+{_table(summary['bon'], 'n', z)}
 
 ## PPO
 
-{chr(10).join('- ' + line for line in verdict('ppo', summary['ppo'], ppo_cmp))}
+{chr(10).join('- ' + line for line in verdict('ppo', summary['ppo'], ppo_cmp, z))}
 
-{_table(summary['ppo'], 'kl')}
+{_table(summary['ppo'], 'kl', z)}
 
 Runs end at different KL: read the figure at equal KL, since a run that moves the policy less far loses less gold
 whatever its reward.

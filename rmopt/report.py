@@ -77,18 +77,19 @@ def plot_curves(
     return save_png(fig, path, dpi=110)
 
 
-def band(ax, xs, ys, se, color, alpha: float = 0.18) -> None:
-    """Shade mean +- 1.96 SE (a 95% interval) around a line; nothing where the SE is missing or NaN."""
+def band(ax, xs, ys, se, color, alpha: float = 0.18, z: float | None = None) -> None:
+    """Shade mean +- z SE (a 95% interval: z = 1.96 by default) around a line; nothing where the SE is missing or NaN."""
     import numpy as np
 
     from rmopt.stats import Z95
 
+    z = Z95 if z is None else z
     if se is None:
         return
     y, e = np.asarray(ys, dtype=float), np.asarray(se, dtype=float)
     if not np.isfinite(e).any():
         return
-    ax.fill_between(np.asarray(xs, dtype=float), y - Z95 * e, y + Z95 * e, color=color, alpha=alpha, lw=0)
+    ax.fill_between(np.asarray(xs, dtype=float), y - z * e, y + z * e, color=color, alpha=alpha, lw=0)
 
 
 def save_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:

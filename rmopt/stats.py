@@ -3,7 +3,9 @@
 A curve point's standard error is over prompts: the per-prompt value (best-of-n: the per-prompt
 estimator; PPO: the mean over that prompt's answers), std with ddof=1 over prompts, divided by
 sqrt(P). Across replicates the same formula runs over the replicates' values. A 95% interval is
-+-1.96 SE; a difference is a finding only when its interval excludes zero.
++-1.96 SE over prompts (hundreds of them); over K replicates it is +-t SE with t the 97.5% quantile of
+Student's t with K - 1 degrees of freedom (4.30 for K = 3), since that SE itself rests on K values.
+A difference is a finding only when its interval excludes zero.
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ from collections.abc import Sequence
 import numpy as np
 
 Z95 = 1.96
+# 97.5% quantiles of Student's t by degrees of freedom (1..30); beyond, the normal's 1.96 is within 2%
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(df: int) -> float:
+    """The multiplier of a 95% interval from a standard error with ``df`` degrees of freedom."""
+    if df < 1:
+        return float("nan")
+    return _T975[df - 1] if df <= len(_T975) else Z95
 
 
 def standard_error(values, axis: int = 0):

@@ -7,6 +7,13 @@ and the proxy's gain (final minus start). With the per-prompt values of
 every point, each number gets its standard error over prompts (``<key>_se``; the drop's from the
 per-prompt differences, so the two points' shared prompts count once), and two rewards evaluated on
 the same prompts compare by paired per-prompt differences (:func:`difference`).
+
+The peak is where the curve is highest, so the maximum, the drop and the rise are biased upward as
+measures of the reward (the maximum of noisy points beats their true maximum) and their SEs ignore the
+choice: a flat curve would seem to rise and fall. The ``*_cv`` numbers choose the peak on one half of
+the prompts and measure it on the other (and the other way round): ``gold_peak_cv`` (gold at the
+peak), ``drop_cv`` (that minus the final gold) and ``rise_cv`` (that minus the start). They can be
+negative, so their intervals say whether gold really rose or fell.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import numpy as np
 
 from rmopt.stats import standard_error
 
-NUMBERS = ("gold_start", "gold_max", "gold_final", "drop", "rise", "proxy_start", "proxy_final", "proxy_gain")
+NUMBERS = ("gold_start", "gold_max", "gold_final", "drop", "rise", "proxy_start", "proxy_final", "proxy_gain",
+           "gold_peak_cv", "drop_cv", "rise_cv")
 
 
 def curve_summary(xs, gold, proxy=None, x_name: str = "n", gold_per_prompt=None, proxy_per_prompt=None) -> dict:
@@ -57,11 +65,23 @@ def curve_summary(xs, gold, proxy=None, x_name: str = "n", gold_per_prompt=None,
     if proxy_per_prompt is not None:
         p = np.asarray(proxy_per_prompt, dtype=np.float64)
         per_prompt.update(proxy_start=p[start], proxy_final=p[final], proxy_gain=p[final] - p[start])
+    if gold_per_prompt is not None and g.shape[1] >= 4:
+        peak = _cross_fitted_peak(g[keep])
+        per_prompt.update(gold_peak_cv=peak, drop_cv=peak - g[final], rise_cv=peak - g[start])
+        for k in ("gold_peak_cv", "drop_cv", "rise_cv"):
+            out[k] = float(per_prompt[k].mean())
     if per_prompt:
         out.update({f"{k}_se": standard_error(v) for k, v in per_prompt.items()})
         out["prompts"] = int(len(next(iter(per_prompt.values()))))
         out["per_prompt"] = per_prompt
     return out
+
+
+def _cross_fitted_peak(g: np.ndarray) -> np.ndarray:
+    """Each prompt's gold at the point where the *other* half of the prompts (by index parity) peaks: [points, P] -> [P]."""
+    halves = [np.arange(g.shape[1]) % 2 == h for h in (0, 1)]
+    peaks = [int(np.argmax(g[:, half].mean(axis=1))) for half in halves]  # first occurrence of each half's maximum
+    return np.where(halves[0], g[peaks[1]], g[peaks[0]])
 
 
 def average_curve(curves: Sequence[Mapping]) -> dict:

@@ -153,7 +153,8 @@ def test_miniature_demo_writes_a_summary_with_every_field(demo_dir):
     assert len({round(s["gold_start"], 6) for s in summary["ppo"].values()}) == 1
     report = (demo_dir / "report.md").read_text()
     assert "## Best-of-n" in report and "## PPO" in report and "WCO:" in report
-    assert "95% interval" in report and "Which knobs matter" not in report
+    assert "95% interval" in report and "Which knobs matter" not in report and "mean +- 1.96 SE" in report
+    assert "Single reward models (average of 2)" in report and "Single reward models (average of 1)" in report
     assert (demo_dir / "overoptimization.png").stat().st_size > 10_000
 
 
@@ -163,7 +164,7 @@ def test_replicate_summary_is_mean_and_se_over_replicates():
     def rep(drop, diff):
         s = {"gold_start": 0.5, "gold_max": 0.5 + drop, "drop": drop, "drop_se": 0.01, "n_at_max": 4}
         return {"bon": {"single": s, "wco": s, "seed1": s}, "ppo": {"single": s, "wco": s},
-                "comparisons": {"bon": {"wco": {k: {"value": diff, "se": 0.1} for k in ("drop", "gold_final", "gold_max")}},
+                "comparisons": {"bon": {"wco": {k: {"value": diff, "se": 0.1} for k in ("drop_cv", "gold_final", "gold_peak_cv")}},
                                 "ppo": {}}}
 
     out = replicate_summary([rep(0.1, -0.2), rep(0.3, -0.1), rep(0.2, 0.0)])
@@ -171,7 +172,8 @@ def test_replicate_summary_is_mean_and_se_over_replicates():
     single = out["bon"]["single"]
     assert single["drop"] == pytest.approx(0.2) and single["drop_se"] == pytest.approx(0.1 / 3**0.5)
     assert single["drop_replicates"] == [0.1, 0.3, 0.2] and "drop_se_se" not in single
-    c = out["comparisons"]["bon"]["wco"]["drop"]
+    assert single["n_at_max"] == [4.0, 4.0, 4.0]  # a location is listed per replicate, not averaged
+    c = out["comparisons"]["bon"]["wco"]["drop_cv"]
     assert c["value"] == pytest.approx(-0.1) and c["se"] == pytest.approx(0.1 / 3**0.5)  # SE over replicates, not prompts
 
 
@@ -195,3 +197,5 @@ def test_replicate_report_over_two_copies_of_a_demo(demo_dir, tmp_path):
     assert summary["settings"]["replicates"] == 2
     report = (tmp_path / "report.md").read_text()
     assert "over the 2 replicates" in report and (tmp_path / "overoptimization.png").exists()
+    assert "mean +- 12.71 SE" in report  # Student's t for 1 degree of freedom, not 1.96
+    assert "average of 2" in report and "(seeds [1, 2]; [1, 2])" in report

@@ -12,7 +12,7 @@ from conftest import compose, save_stand_in_rms
 
 from rmopt.bon import best_of_n_per_prompt, exact_best_of_n_reference, unbiased_best_of_n
 from rmopt.rlhf import token_kl_from_logits
-from rmopt.stats import excludes_zero, group_means, mean_and_se, standard_error
+from rmopt.stats import excludes_zero, group_means, mean_and_se, standard_error, t95
 
 
 def test_token_kl_by_hand_and_with_zero_mass():
@@ -51,6 +51,7 @@ def test_standard_errors_by_hand():
     mean, se = mean_and_se([0.1, 0.3])
     assert (mean, se) == (pytest.approx(0.2), pytest.approx(0.1))
     assert excludes_zero(1.0, 0.5) and not excludes_zero(1.0, 0.52) and excludes_zero(-1.0, 0.1)
+    assert t95(2) == pytest.approx(4.303) and t95(1) == pytest.approx(12.706) and t95(100) == 1.96
     assert not excludes_zero(1.0, float("nan"))
 
 

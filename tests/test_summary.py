@@ -37,6 +37,20 @@ def test_standard_errors_of_the_summary_come_from_per_prompt_values():
     assert math.isnan(difference(s, curve_summary([1, 2], [0.1, 0.0]), "drop")["se"])
 
 
+def test_the_cross_fitted_peak_does_not_chase_noise():
+    # 4 prompts, 3 points: even prompts peak at point 1, odd ones at point 2, by chance
+    gold = np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    s = curve_summary([1, 2, 4], gold.mean(axis=1), x_name="n", gold_per_prompt=gold)
+    assert s["gold_max"] == 0.5 and s["rise"] == 0.5  # the plain maximum rises with the noise
+    # each half's peak, read on the other half: prompts 0, 2 at point 2 and prompts 1, 3 at point 1 -> all 0
+    assert s["gold_peak_cv"] == 0.0 and s["rise_cv"] == 0.0
+    assert s["drop_cv"] == pytest.approx(-0.5) and s["drop_cv_se"] == pytest.approx(np.std([0, -1, 0, -1], ddof=1) / 2)
+    # a real rise and fall is kept: both halves peak at the middle point
+    real = np.array([[0.1, 0.2, 0.1, 0.2], [0.9, 0.8, 0.9, 0.8], [0.3, 0.2, 0.3, 0.2]])
+    r = curve_summary([1, 2, 4], real.mean(axis=1), x_name="n", gold_per_prompt=real)
+    assert r["drop_cv"] == pytest.approx(r["drop"]) == pytest.approx(0.6) and r["rise_cv"] == pytest.approx(0.7)
+
+
 def test_average_curve_averages_per_prompt_and_recomputes_the_band():
     a = {"n": [1, 2], "gold_score": [0.5, 0.6], "per_prompt": {"gold_score": [[0.4, 0.6], [0.5, 0.7]]}}
     b = {"n": [1, 2], "gold_score": [0.5, 0.2], "per_prompt": {"gold_score": [[0.6, 0.4], [0.1, 0.3]]}}
