@@ -83,6 +83,8 @@ def rerun(stage: str, folder: str | Path, output_dir: Path, *changes: str, multi
     logs = Path(output_dir).parent / "logs" / Path(output_dir).name
     where = [f"output_dir={output_dir}", f"hydra.{'sweep' if multirun else 'run'}.dir={logs}"]
     where += [f"logger.{name}.save_dir={logs}" for name in (cfg.get("logger") or {}) if "save_dir" in cfg.logger[name]]
+    if multirun:  # the saved config has no hydra node: keep conf/hydra/default.yaml's failed-member summary (exit 1)
+        where.append("+hydra.callbacks.sweep_summary._target_=rmopt.sweep.SweepSummary")
     run_cli(stage, *(["-m"] if multirun else []), "--config-dir", str(folder), "--config-name", RUN_CONFIG.removesuffix(".yaml"),
             *changes, *where, log=log)
 

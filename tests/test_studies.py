@@ -184,3 +184,6 @@ def test_a_study_reruns_the_demos_own_config_changing_only_its_knob(tmp_path, mo
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     assert changed == {"kl_coef", "output_dir", "logger.csv.save_dir"}
     assert after["kl_coef"] == 0.01 and after["eval_samples"] == 3 and after["normalise"] is True
+    calls.clear()  # a sweep keeps the summary of failed members (conf/hydra/default.yaml's callback)
+    common.rerun("rmopt-rm", demo_run, tmp_path / "study" / "rm", "seed=1,2", multirun=True)
+    assert calls[0][1] == "-m" and "+hydra.callbacks.sweep_summary._target_=rmopt.sweep.SweepSummary" in calls[0]
