@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ def sample_ids(
     prompt_ids: list[list[int]],
     eos_token_id: int,
     pad_token_id: int,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | Sequence[int] = 64,
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
@@ -41,6 +42,8 @@ def sample_ids(
     An answer is every token sampled for its row, up to and including its first EOS (or all
     ``max_new_tokens`` when it never samples EOS). A sampled pad id is an answer token like any
     other: padding only exists after an answer's end, and each row's length says where that is.
+    ``max_new_tokens`` may be one budget per row (e.g. what a length limit leaves after each prompt),
+    so a long prompt does not shorten the other answers of its batch.
 
     A plain loop over new tokens on the model's own cache: no per-step logits-processor machinery,
     which dominates the cost for small models.
@@ -50,9 +53,13 @@ def sample_ids(
     attention_mask = pad([[1] * len(p) for p in prompt_ids], 0, side="left").to(device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     batch = input_ids.size(0)
+    caps = torch.as_tensor(max_new_tokens, dtype=torch.long, device=device).expand(batch).clone()
+    if int(caps.min()) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1 for every row, got {caps.tolist()}")
+    max_new_tokens = int(caps.max())
     out = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)  # tokens of each answer
+    lengths = caps.clone()  # tokens of each answer: its budget unless it samples EOS first
     cache, key = None, _cache_keyword(model)
     step_ids, step_pos = input_ids, position_ids
     for t in range(max_new_tokens):
@@ -65,7 +72,7 @@ def sample_ids(
         out[:, t] = next_ids
         ended = ~done & (next_ids == eos_token_id)
         lengths = torch.where(ended, torch.full_like(lengths, t + 1), lengths)
-        done |= ended
+        done |= ended | (caps <= t + 1)  # a row whose budget is spent samples no more
         if bool(done.all()):
             out = out[:, : t + 1]
             break

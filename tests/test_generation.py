@@ -168,3 +168,13 @@ def test_sampled_pads_are_answer_tokens_in_ppo_rollout_tensors(ids):
     batch = rollout_tensors([[a, b, c], [c]], out, pad)
     assert batch["answer_mask"].sum(1).tolist() == [4, 4]  # the pad is a real answer token, masked in
     assert batch["answer_ids"].tolist() == out
+
+
+def test_each_row_keeps_its_own_answer_budget(ids):
+    eos, a, b, c = ids.eos, ids.a, ids.b, ids.c
+    lm = ScriptedLM([[a, b, c, a, b], [c, c, c, c, c], [a, eos]], ids.vocab)
+    out = sample_ids(lm, [[a], [b], [c]], eos, ids.pad, [2, 5, 4], generator=torch.Generator().manual_seed(0))
+    assert out == [[a, b], [c, c, c, c, c], [a, eos]]  # row 0 stops at its budget, the others go on
+    assert sample_ids(ScriptedLM([[a, b, c]], ids.vocab), [[a]], eos, ids.pad, 3) == [[a, b, c]]
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        sample_ids(lm, [[a], [b], [c]], eos, ids.pad, [2, 0, 1])

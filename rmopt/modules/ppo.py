@@ -204,13 +204,14 @@ class PPOModule(L.LightningModule):
         """Answers to a batch of prompts and their model inputs (no scoring, no log-probs)."""
         tok = self.tokenizer
         prompt_ids = encode_prompts(tok, instructions, inputs)
-        budget = min(self.s.max_new_tokens, self.s.max_length - max(len(p) for p in prompt_ids))
-        if budget < 1:
+        budgets = [min(self.s.max_new_tokens, self.s.max_length - len(p)) for p in prompt_ids]  # per row: a long
+        if min(budgets) < 1:  # prompt shortens only its own answer
             from rmopt.errors import RmoptError
 
-            raise RmoptError(f"max_length={self.s.max_length} leaves no room for an answer after the longest prompt")
+            longest = max(len(p) for p in prompt_ids)
+            raise RmoptError(f"max_length={self.s.max_length} leaves no room for an answer after a prompt of {longest} tokens")
         answer_ids = sample_ids(
-            self.policy.lm, prompt_ids, tok.eos_token_id, tok.pad_token_id, budget, temperature, top_p, generator=generator
+            self.policy.lm, prompt_ids, tok.eos_token_id, tok.pad_token_id, budgets, temperature, top_p, generator=generator
         )
         texts, finished = decode_answers(tok, answer_ids)
         batch = {k: v.to(self.device) for k, v in rollout_tensors(prompt_ids, answer_ids, tok.pad_token_id).items()}
