@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rmopt.bon import DEFAULT_NS, best_of_n_per_prompt, kl_bon
-from rmopt.data.gold_gens import GOLD_GENS_COLUMNS, GoldGens, load_gold_gens  # noqa: F401 (part of this API)
+from rmopt.data.gold_gens import GOLD_GENS_COLUMNS, GoldGens, _positive_int, load_gold_gens  # noqa: F401 (part of this API)
 from rmopt.errors import RmoptError
 
 RESULTS_FILE = "bon_sampled_results.json"
@@ -74,16 +74,6 @@ def resolve_ns(ns, big_n: int) -> list[int]:
             )
         out.append(n_int)
     return sorted(set(out))
-
-
-def _positive_int(value, name: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise RmoptError(f"{name}={value!r}; expected a positive integer") from None
-    if number < 1 or number != float(value):
-        raise RmoptError(f"{name}={value!r}; expected a positive integer")
-    return number
 
 
 def ensemble_names(
