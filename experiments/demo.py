@@ -1,4 +1,4 @@
-"""The overoptimization lab on the toy world: `make demo` (about 20 minutes) and `make demo-quick`.
+"""The overoptimization lab on the toy world: `make demo` (about 28 minutes on 2 cores) and `make demo-quick`.
 
 Runs every stage as the console script a user would type, so the demo doubles as a walk-through of
 the CLI, then writes `<out>/summary.json` and `<out>/report.md` with the figures:
