@@ -45,14 +45,25 @@ RM_VAL_SPLIT = "rm_val"
 MEMBERS = 5
 
 
-def run(*args: str, log=None) -> None:
-    """Run one console script, echoing the command as a user would type it."""
+def run(*args: str, log=None, jobs: int | None = None) -> None:
+    """Run one console script, echoing the command as a user would type it; ``jobs``: a sweep's concurrent jobs."""
     shown = " ".join(a if " " not in a and "{" not in a else repr(a) for a in args)
     print(f"\n$ {shown}", flush=True)
     start = time.time()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RMOPT_JOBS": os.environ.get("RMOPT_JOBS", "2")}
+    jobs = os.environ.get("RMOPT_JOBS", "2") if jobs is None else str(jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RMOPT_JOBS": jobs}
     subprocess.run([str(BIN / args[0]), *args[1:]], check=True, cwd=ROOT, env=env, stdout=log, stderr=log)
-    print(f"  done in {time.time() - start:.0f} s", flush=True)
+    print(f"  done in {time.time() - start:.0f} s  ({args[0]} {args[1] if len(args) > 1 else ''} ...)", flush=True)
+
+
+def lanes(*work) -> None:
+    """Run each lane (a function of no arguments that runs its stages in order) at the same time, one
+    CPU core each; the first failure is raised once every lane has stopped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(work)) as pool:
+        for future in [pool.submit(w) for w in work]:
+            future.result()
 
 
 def member_seeds(seed: int) -> list[int]:
@@ -60,35 +71,37 @@ def member_seeds(seed: int) -> list[int]:
     return [MEMBERS * seed + i for i in range(1, MEMBERS + 1)]
 
 
-def reward_models(s: dict, out: Path, sft: Path, noise: float, bootstrap: bool, members, log=None, seed: int = 0) -> Path:
-    """Gold-labelled pairs at label noise ``noise`` and a reward-model sweep over ``members``: out/models/rm_seed*."""
+def reward_models(s: dict, out: Path, sft: Path, noise: float, bootstrap: bool, members, log=None, seed: int = 0,
+                  suffix: str = "", jobs: int | None = None) -> Path:
+    """Gold-labelled pairs at label noise ``noise`` (out/data/pairs<suffix>) and a reward-model sweep over
+    ``members``: out/models/rm<suffix>_seed*."""
     toy = ["experiment=toy", f"model={s['model']}"]
-    pairs, rm = out / "data/pairs", out / "models/rm"
+    pairs, rm = out / f"data/pairs{suffix}", out / f"models/rm{suffix}"
     run(
         "rmopt-pairs", *toy, f"model.name_or_path={sft}", f"output_dir={pairs}", f"label_noise={noise}",
         "train_split=preference", f"data.sizes.preference={s['pairs']}", f"val_split={RM_VAL_SPLIT}",
-        "max_new_tokens=24", f"seed={seed}", f"hydra.run.dir={out}/logs/pairs", log=log,
+        f"seed={seed}", f"hydra.run.dir={out}/logs/pairs{suffix}", log=log,
     )
     run(
         "rmopt-rm", "-m", *toy, f"model.name_or_path={sft}", f"data.path={pairs}", f"output_dir={rm}",
         "seed=" + ",".join(map(str, members)), f"ensemble.bootstrap={str(bootstrap).lower()}",
         f"trainer.max_steps={s['rm_steps']}", "trainer.val_check_interval=50", "hydra/launcher=joblib",
-        f"hydra.sweep.dir={out}/logs/rm", log=log,
+        f"hydra.sweep.dir={out}/logs/rm{suffix}", log=log, jobs=jobs,
     )
     return rm
 
 
 def best_of_n(s: dict, out: Path, sft: Path, rm: Path, members, uwo_weight: float, gold_gens: Path | None = None,
-              log=None, seed: int = 0, normalise: bool = True) -> Path:
-    """Best-of-n for every member and ensemble into out/bon; answers sampled from ``sft`` unless ``gold_gens`` is given."""
+              log=None, seed: int = 0, normalise: bool = True, folder: str = "bon") -> Path:
+    """Best-of-n for every member and ensemble into out/<folder>; answers sampled from ``sft`` unless ``gold_gens`` is given."""
     answers = [f"gold_gens={gold_gens}"] if gold_gens else [f"model.name_or_path={sft}"]
     run(
         "rmopt-bon", "experiment=toy", f"model={s['model']}", *answers, f'proxy_rm_path="{rm}_seed{{seed}}"',
         "seeds=[" + ",".join(map(str, members)) + "]", "ensembles=true", f"big_n={s['big_n']}",
         f"num_prompts={s['bon_prompts']}", f"normalise={str(normalise).lower()}", f"uwo_weights=[{uwo_weight}]",
-        f"seed={seed}", f"output_dir={out}/bon", f"hydra.run.dir={out}/logs/bon", log=log,
+        f"seed={seed}", f"output_dir={out}/{folder}", f"hydra.run.dir={out}/logs/{folder}", log=log,
     )
-    return out / "bon"
+    return out / folder
 
 
 def main() -> None:
@@ -102,54 +115,93 @@ def main() -> None:
     parser.add_argument("--no-bootstrap", action="store_true", help="members share their data (the paper's setup)")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="PPO's fixed KL coefficient (paper: 0 or 0.01)")
     parser.add_argument("--uwo-weight", type=float, default=0.5, help="lambda of UWO (on standardised member scores)")
+    parser.add_argument("--no-controls", action="store_true",
+                        help="skip bon_clean/ (clean-label members) and ppo_kl0.01/ (PPO with KL coefficient 0.01)")
     parser.add_argument("--verbose", action="store_true", help="show each stage's own output")
     args = parser.parse_args()
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
     summary = run_demo(out if out.is_absolute() else ROOT / out, args.quick, args.seed, args.label_noise,
-                       not args.no_bootstrap, args.kl_coef, args.uwo_weight, args.verbose)
+                       not args.no_bootstrap, args.kl_coef, args.uwo_weight, args.verbose,
+                       extras=not args.no_controls)
     print(json.dumps({k: {n: round(v['drop'], 3) for n, v in d.items()} for k, d in summary.items() if k in ("bon", "ppo")}, indent=1))
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float = 0.25, bootstrap: bool = True,
-             kl_coef: float = 0.0, uwo_weight: float = 0.5, verbose: bool = False) -> dict:
-    """The whole pipeline into ``out``; returns the summary (also ``out/summary.json``, ``out/report.md``)."""
+             kl_coef: float = 0.0, uwo_weight: float = 0.5, verbose: bool = False, extras: bool = True) -> dict:
+    """The whole pipeline into ``out``; returns the summary (also ``out/summary.json``, ``out/report.md``).
+
+    ``extras``: also ``bon_clean/`` (members trained on the same prompts with label noise 0, best-of-n on
+    the same answers) and ``ppo_kl0.01/`` (the PPO runs with KL coefficient 0.01), the controls that
+    say whether label noise causes the fall and whether a small KL penalty with an ensemble prevents it.
+    Independent stages run side by side, one CPU core each.
+    """
+    from rmopt.bon_pipeline import GENS_DIR
+
+    from experiments.report import KL_EXTRA
+
     s = SETTINGS["quick" if quick else "full"]
     out.mkdir(parents=True, exist_ok=True)
     log = None if verbose else open(out / "demo.log", "a")
     if log:
         print(f"stage output goes to {out / 'demo.log'}")
-    sft, rm = out / "models/sft", out / "models/rm"
+    sft, rm, rm_clean = out / "models/sft", out / "models/rm", out / "models/rm_clean"
     members = member_seeds(seed)
     seeds = "[" + ",".join(map(str, members)) + "]"
-    rm_pattern = f'proxy_rm_path="{rm}_seed{{seed}}"'
     toy = ["experiment=toy", f"model={s['model']}"]
     start = time.time()
 
     run("rmopt-sft", *toy, f"output_dir={sft}", f"trainer.max_steps={s['sft_steps']}", f"seed={seed}",
         f"hydra.run.dir={out}/logs/sft", log=log)
-    reward_models(s, out, sft, label_noise, bootstrap, members, log=log, seed=seed)
-    best_of_n(s, out, sft, rm, members, uwo_weight, log=log, seed=seed)
-    ppo = [
-        *toy, f"model.name_or_path={sft}", rm_pattern, f"kl_coef={kl_coef}", "normalise=true", f"seed={seed}",
-        f"trainer.max_steps={s['ppo_steps']}", f"eval_every={s['ppo_eval_every']}", f"rollout_batch_size={s['rollout']}",
-        f"optimizer.lr={s['ppo_lr']}", f"eval_prompts={s['eval_prompts']}", f"eval_samples={s['eval_samples']}",
-        "logger=csv", "hydra/launcher=joblib",
-    ]
-    singles = ",".join(f"[{members[i - 1]}]" for i in s["ppo_singles"])
-    run(
-        "rmopt-ppo", "-m", *ppo, f"seeds={singles}", "objective=single",
-        f"output_dir={out}/ppo/seed${{seeds.0}}", f"hydra.sweep.dir={out}/logs/ppo-single", log=log,
-    )
-    run(
-        "rmopt-ppo", "-m", *ppo, f"seeds={seeds}", "objective=mean,wco,uwo", f"++objective.weight={uwo_weight}",
-        f"output_dir={out}/ppo/${{objective.name}}", f"hydra.sweep.dir={out}/logs/ppo-ensemble", log=log,
-    )
-    run("rmopt-ppo-gold", f"run_dir={out}/ppo/*", f"output_dir={out}/ppo", f"hydra.run.dir={out}/logs/ppo-gold", log=log)
+    if extras:
+        lanes(lambda: reward_models(s, out, sft, label_noise, bootstrap, members, log=log, seed=seed, jobs=1),
+              lambda: reward_models(s, out, sft, 0.0, bootstrap, members, log=log, seed=seed, suffix="_clean", jobs=1))
+    else:
+        reward_models(s, out, sft, label_noise, bootstrap, members, log=log, seed=seed)
+
+    def ppo(folder: str, kl: float, which: str, jobs: int) -> None:
+        common = [
+            *toy, f"model.name_or_path={sft}", f'proxy_rm_path="{rm}_seed{{seed}}"', f"kl_coef={kl}", "normalise=true",
+            f"seed={seed}", f"trainer.max_steps={s['ppo_steps']}", f"eval_every={s['ppo_eval_every']}",
+            f"rollout_batch_size={s['rollout']}", f"optimizer.lr={s['ppo_lr']}", f"eval_prompts={s['eval_prompts']}",
+            f"eval_samples={s['eval_samples']}", "logger=csv", "hydra/launcher=joblib",
+        ]
+        if which == "single":
+            singles = ",".join(f"[{members[i - 1]}]" for i in s["ppo_singles"])
+            run("rmopt-ppo", "-m", *common, f"seeds={singles}", "objective=single", f"output_dir={out}/{folder}/seed${{seeds.0}}",
+                f"hydra.sweep.dir={out}/logs/{folder}-single", log=log, jobs=jobs)
+        else:
+            run("rmopt-ppo", "-m", *common, f"seeds={seeds}", "objective=mean,wco,uwo", f"++objective.weight={uwo_weight}",
+                f"output_dir={out}/{folder}/${{objective.name}}", f"hydra.sweep.dir={out}/logs/{folder}-ensemble", log=log, jobs=jobs)
+
+    def gold(folder: str) -> None:
+        run("rmopt-ppo-gold", f"run_dir={out}/{folder}/*", f"output_dir={out}/{folder}", f"hydra.run.dir={out}/logs/{folder}-gold", log=log)
+
+    kl_folder = f"ppo_kl{KL_EXTRA}"
+    if extras:
+        def bon_lane():
+            best_of_n(s, out, sft, rm, members, uwo_weight, log=log, seed=seed)
+            best_of_n(s, out, sft, rm_clean, members, uwo_weight, gold_gens=out / "bon" / GENS_DIR, log=log, seed=seed,
+                      folder="bon_clean")
+            ppo("ppo", kl_coef, "ensemble", 1)
+            ppo(kl_folder, KL_EXTRA, "ensemble", 1)
+
+        def ppo_lane():
+            ppo("ppo", kl_coef, "single", 1)
+            ppo(kl_folder, KL_EXTRA, "single", 1)
+
+        lanes(bon_lane, ppo_lane)
+        lanes(lambda: gold("ppo"), lambda: gold(kl_folder))
+    else:
+        best_of_n(s, out, sft, rm, members, uwo_weight, log=log, seed=seed)
+        ppo("ppo", kl_coef, "single", None)
+        ppo("ppo", kl_coef, "ensemble", None)
+        gold("ppo")
 
     from experiments.report import write_report
 
     settings = {**s, "seed": seed, "label_noise": label_noise, "bootstrap": bootstrap, "kl_coef": kl_coef,
                 "uwo_weight": uwo_weight, "normalise": True, "members": members, "rm_val_split": RM_VAL_SPLIT,
+                "bon_clean": extras, "ppo_kl": KL_EXTRA if extras else None,
                 "minutes": round((time.time() - start) / 60, 1)}
     summary = write_report(out, settings)
     print(f"\nsummary: {out / 'summary.json'}\nreport:  {out / 'report.md'}  ({settings['minutes']} min)")

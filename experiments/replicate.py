@@ -37,6 +37,7 @@ from experiments.report import (  # noqa: E402
     multiplier,
     report_text,
 )
+from experiments.targets import over_replicates, with_verdicts  # noqa: E402
 from rmopt.stats import standard_error  # noqa: E402
 from rmopt.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -62,27 +63,45 @@ def _aggregate(values: Sequence[Mapping], keys: Sequence[str]) -> dict:
 def replicate_summary(summaries: Sequence[Mapping]) -> dict:
     """Mean and SE over replicates of every number of the replicates' demo summaries."""
     out: dict = {}
-    for stage in STAGES:
+    stages = [st for st in STAGES if all(st in s for s in summaries)]
+    for stage in stages:
         out[stage] = {}
         for name in _common_names(summaries, stage):
             first = summaries[0][stage][name]
             keys = [k for k, v in first.items() if not k.endswith("_se") and isinstance(v, (int, float))]
             out[stage][name] = _aggregate([s[stage][name] for s in summaries], keys)
     out["comparisons"] = {}
-    for stage in STAGES:
+    for stage in [*stages, "noise"]:
+        first = summaries[0]["comparisons"].get(stage, {})
+        if not all(stage in s["comparisons"] for s in summaries):
+            continue
+        groups = {"": first} if stage == "noise" else first  # noise: {key: difference}; a stage: {name: {key: difference}}
         out["comparisons"][stage] = {}
-        for name in summaries[0]["comparisons"].get(stage, {}):
-            out["comparisons"][stage][name] = {}
-            for key in COMPARED:
-                xs = [float(s["comparisons"][stage][name][key]["value"]) for s in summaries]
-                out["comparisons"][stage][name][key] = {"value": float(np.mean(xs)), "se": standard_error(xs), "replicates": xs}
+        for name, keys in groups.items():
+            agg = {}
+            for key in keys:
+                xs = [float((s["comparisons"][stage] if stage == "noise" else s["comparisons"][stage][name])[key]["value"]) for s in summaries]
+                agg[key] = {"value": float(np.mean(xs)), "se": standard_error(xs), "replicates": xs}
+            if stage == "noise":
+                out["comparisons"][stage] = agg
+            else:
+                out["comparisons"][stage][name] = agg
+    if all("world" in s for s in summaries):
+        worlds = [s["world"] for s in summaries]
+        out["world"] = _aggregate(worlds, ["sft_at_max", "sft_gold_mean", "sft_gold_std"])
+        oracle = np.array([w["oracle"]["gold_score"] for w in worlds])
+        out["world"]["oracle"] = {"n": worlds[0]["oracle"]["n"], "kl_bon": worlds[0]["oracle"]["kl_bon"],
+                                  "gold_score": oracle.mean(axis=0).tolist(),
+                                  "gold_score_se": np.atleast_1d(standard_error(oracle, axis=0)).tolist()}
+    if all("targets" in s for s in summaries):
+        out["targets"] = over_replicates([s["targets"] for s in summaries])
     return out
 
 
 def replicate_curves(curve_sets: Sequence[Mapping[str, Mapping[str, dict]]]) -> dict:
     """Each reward's curve as the mean over replicates, with ``gold_score_se`` / ``proxy_score_se`` over replicates."""
     out = {}
-    for stage in STAGES:
+    for stage in [st for st in STAGES if all(st in c for c in curve_sets)]:
         names = [n for n in curve_sets[0][stage] if not n.startswith("seed") and all(n in c[stage] for c in curve_sets)]
         out[stage] = {}
         for name in names:
@@ -104,11 +123,13 @@ def write_replicate_report(out: Path, reps: Sequence[Path]) -> dict:
                 "members": [s["settings"]["members"] for s in summaries], "minutes": [s["settings"].get("minutes") for s in summaries]}
     settings.pop("seed", None)
     summary = {"settings": settings, **replicate_summary(summaries)}
+    if "targets" in summary:
+        summary["targets"] = with_verdicts(summary["targets"], multiplier(settings))
     atomic_write_json(out / "summary.json", summary)
     k = len(reps)
     headline_figure(replicate_curves([demo_curves(rep) for rep in reps]), out / "overoptimization.png",
                     f"Gold score as the proxy is optimized harder: mean of {k} replicates, bands 95% over replicates",
-                    z=multiplier(settings))
+                    z=multiplier(settings), oracle=summary.get("world", {}).get("oracle"))
     uncertainty = (f"the standard errors are over the {k} replicates (independent seeds for SFT, pairs, reward models, "
                    f"sampling and PPO; each replicate's own numbers, with SEs over prompts, are in rep1/ ... rep{k}/). "
                    f"Over {k} replicates the 95% interval is +-t SE with Student's t for {k - 1} degrees of freedom. The "

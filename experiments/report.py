@@ -28,7 +28,9 @@ ENSEMBLES = ("mean", "wco", "uwo")
 COLORS = {"mean": "tab:blue", "wco": "tab:red", "uwo": "tab:green"}
 SINGLE = "single"  # the pointwise average of the single reward models' curves
 COMPARED = ("drop_cv", "gold_final", "gold_peak_cv")  # each ensemble against the average single RM
-STAGES = {"bon": "n", "ppo": "kl"}
+STAGES = {"bon": "n", "bon_clean": "n", "ppo": "kl", "ppo_kl0.01": "kl"}  # those a demo folder has
+TITLES = {"bon": "Best-of-n", "bon_clean": "Best-of-n, clean labels", "ppo": "PPO", "ppo_kl0.01": "PPO, KL coefficient 0.01"}
+KL_EXTRA = 0.01  # the KL coefficient of the demo's ppo_kl0.01/ runs
 
 
 def _kind(name: str) -> str:
@@ -36,13 +38,19 @@ def _kind(name: str) -> str:
     return "single" if name.startswith("seed") else name.split("_")[0]
 
 
-def ppo_runs(out: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted((out / "ppo").iterdir()) if (p / "results.json").exists()}
+def ppo_runs(out: Path, stage: str = "ppo") -> dict[str, Path]:
+    folder = out / stage
+    return {p.name: p for p in sorted(folder.iterdir()) if (p / "results.json").exists()} if folder.is_dir() else {}
 
 
 def demo_curves(out: Path) -> dict[str, dict[str, dict]]:
-    """{"bon": {name: curve}, "ppo": {name: curve}} of a demo folder, plus each stage's average single RM."""
-    curves = {"bon": bon_curves_from(out / "bon"), "ppo": {name: ppo_curve_from(run) for name, run in ppo_runs(out).items()}}
+    """{stage: {name: curve}} of a demo folder (``bon``, ``ppo`` and, where present, ``bon_clean``,
+    ``ppo_kl0.01``), plus each stage's average single RM."""
+    curves = {}
+    for stage, x in STAGES.items():
+        found = bon_curves_from(out / stage) if x == "n" else {n: ppo_curve_from(r) for n, r in ppo_runs(out, stage).items()}
+        if found:
+            curves[stage] = found
     for stage in curves.values():
         singles = [c for name, c in stage.items() if _kind(name) == "single"]
         if singles:
@@ -52,20 +60,25 @@ def demo_curves(out: Path) -> dict[str, dict[str, dict]]:
 
 def summarise_demo(curves: Mapping[str, Mapping[str, dict]]) -> dict:
     """Summaries of every curve (with SEs over prompts) and each ensemble's paired differences from the average single RM."""
-    summary, comparisons = {}, {}
+    summary, comparisons, singles = {}, {}, {}
     for stage, x in STAGES.items():
+        if stage not in curves:
+            continue
         full = {name: summarise(c, x) for name, c in curves[stage].items()}
-        if stage == "ppo":
+        if x == "kl":
             for name, s in full.items():
                 s["step_final"] = curves[stage][name]["step"][-1]
         if SINGLE in full:
             full[SINGLE]["singles"] = sum(1 for name in full if _kind(name) == "single" and name != SINGLE)
         summary[stage] = {name: without_per_prompt(s) for name, s in full.items()}
         if SINGLE in full:
+            singles[stage] = full[SINGLE]
             comparisons[stage] = {
                 name: {key: difference(s, full[SINGLE], key) for key in COMPARED}
                 for name, s in full.items() if _kind(name) in ENSEMBLES
             }
+    if "bon" in singles and "bon_clean" in singles:  # the same prompts and answers: a paired difference
+        comparisons["noise"] = {"drop_cv": difference(singles["bon"], singles["bon_clean"], "drop_cv")}
     return {**summary, "comparisons": comparisons}
 
 
@@ -73,9 +86,11 @@ def summarise_demo(curves: Mapping[str, Mapping[str, dict]]) -> dict:
 # the figure
 
 
-def headline_figure(curves: Mapping[str, Mapping[str, dict]], path: Path, title: str, z: float = Z95) -> Path:
-    """Gold score against KL for best-of-n and PPO: single RMs in grey (their average with a band),
-    ensembles in colour with bands (95%: +-z SE)."""
+def headline_figure(curves: Mapping[str, Mapping[str, dict]], path: Path, title: str, z: float = Z95,
+                    oracle: Mapping | None = None) -> Path:
+    """Gold score against KL for each stage (best-of-n, PPO, and their clean-label / KL-penalty variants
+    where present): single RMs in grey (their average with a band), ensembles in colour with bands
+    (95%: +-z SE), the oracle (best-of-n ranked by the gold itself) dashed in the best-of-n panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,8 +98,14 @@ def headline_figure(curves: Mapping[str, Mapping[str, dict]], path: Path, title:
 
     from rmopt.report import band, save_png
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, (stage, x) in zip(axes, (("bon", "kl_bon"), ("ppo", "kl")), strict=True):
+    stages = [st for st in STAGES if st in curves]
+    rows = 2 if len(stages) > 2 else 1
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 4.2 * rows), squeeze=False)
+    order = [st for st in ("bon", "ppo", "bon_clean", "ppo_kl0.01") if st in stages]
+    for ax, stage in zip(axes.T.flatten() if rows == 2 and len(order) == 4 else axes.flatten(), _panel_order(order), strict=False):
+        x = "kl_bon" if STAGES[stage] == "n" else "kl"
+        if oracle is not None and x == "kl_bon":
+            ax.plot(oracle["kl_bon"], oracle["gold_score"], color="k", ls="--", lw=1, label="oracle (gold ranks)")
         for name, c in curves[stage].items():
             kind = _kind(name)
             if name == SINGLE:
@@ -100,10 +121,19 @@ def headline_figure(curves: Mapping[str, Mapping[str, dict]], path: Path, title:
         keep = {label: h for h, label in zip(handles, labels, strict=True)}
         ax.legend(keep.values(), keep.keys(), fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0].set(title="Best-of-n", xlabel="KL_bon = log n - (n-1)/n  (nats)", ylabel="gold score")
-    axes[1].set(title="PPO", xlabel="KL(policy || initial policy)  (nats)", ylabel="gold score")
+        xlabel = "KL_bon = log n - (n-1)/n  (nats)" if x == "kl_bon" else "KL(policy || initial policy)  (nats)"
+        ax.set(title=TITLES[stage], xlabel=xlabel, ylabel="gold score")
+    for ax in axes.flatten()[len(order):]:
+        ax.set_visible(False)
     fig.suptitle(title)
     return save_png(fig, path)
+
+
+def _panel_order(stages: list[str]) -> list[str]:
+    """Best-of-n panels in the left column, PPO in the right (with all four: rows main, variant)."""
+    if len(stages) == 4:
+        return ["bon", "bon_clean", "ppo", "ppo_kl0.01"]  # filled column by column
+    return stages
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,18 +220,49 @@ def _members(s: Mapping) -> str:
     return f"{len(members)} reward models (seeds {members})"
 
 
+def _section(stage: str, summary: Mapping, z: float) -> str:
+    lines = verdict(stage, summary[stage], summary["comparisons"].get(stage, {}), z)
+    return f"## {TITLES[stage]}\n\n" + "\n".join("- " + line for line in lines) + f"\n\n{_table(summary[stage], STAGES[stage], z)}\n"
+
+
+def _extras(s: Mapping) -> str:
+    parts = []
+    if s.get("bon_clean"):
+        parts.append("`bon_clean/`: the same prompts' pairs with label noise 0, members with the same seeds, best-of-n on the same answers")
+    if s.get("ppo_kl"):
+        parts.append(f"`ppo_kl{s['ppo_kl']}/`: the same PPO runs with KL coefficient {s['ppo_kl']}")
+    return (" Beside them: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _targets_section(summary: Mapping, z: float) -> str:
+    from experiments.targets import table
+
+    targets = summary.get("targets")
+    if not targets:
+        return ""
+    met = sum(t["met"] for t in targets.values())
+    return (f"## The lab's targets\n\n{met} of {len(targets)} targets met (thresholds judged on the estimate, "
+            f"\"interval above 0\" on the 95% interval; `experiments/targets.py` defines each).\n\n{table(targets, z)}\n")
+
+
 def report_text(summary: Mapping, settings: Mapping, figure: str, uncertainty: str, intro: str) -> str:
     s, z = settings, multiplier(settings)
-    bon_cmp, ppo_cmp = (summary["comparisons"].get(stage, {}) for stage in ("bon", "ppo"))
+    world = summary.get("world")
+    world_line = ("" if not world else
+                  f" The SFT policy's own answers (the best-of-n samples): {world['sft_at_max']:.3f} at the gold's maximum, gold mean "
+                  f"{world['sft_gold_mean']:.3f} and standard deviation {world['sft_gold_std']:.3f}; the oracle (best-of-n ranked by the "
+                  f"gold itself) goes from {world['oracle']['gold_score'][0]:.3f} at n = 1 to {world['oracle']['gold_score'][-1]:.3f} at "
+                  f"n = {world['oracle']['n'][-1]}.")
+    sections = "\n".join(_section(stage, summary, z) for stage in STAGES if stage in summary)
     return f"""# Overoptimization in the toy world
 
-{intro} Policy and reward-model base `{s['model']}` (SFT {s['sft_steps']} steps), {s['pairs']} preference
+{intro} Toy world `{s.get('world', 'graded')}`. Policy and reward-model base `{s['model']}` (SFT {s['sft_steps']} steps), {s['pairs']} preference
 prompts labelled by the gold reward with label noise {s['label_noise']}, {_members(s)},
 {'each on its own bootstrap resample' if s['bootstrap'] else 'sharing their data'}, {s['rm_steps']} steps;
 members {'standardised by their held-out statistics before combining' if s.get('normalise', True) else 'combined as they score'},
 UWO weight {s['uwo_weight']}. Best-of-n over {s['bon_prompts']} held-out prompts x {s['big_n']} answers; PPO
 {s['ppo_steps']} steps (learning rate {s.get('ppo_lr')}, KL coefficient {s['kl_coef']}), evaluated on
-{s.get('eval_prompts')} held-out prompts x {s.get('eval_samples')} answers at the training temperature.
+{s.get('eval_prompts')} held-out prompts x {s.get('eval_samples')} answers at the training temperature.{_extras(s)}{world_line}
 
 Numbers are mean +- {z:.2f} SE (a 95% interval); {uncertainty} A difference is called one only when its
 interval excludes zero. The highest point of a noisy curve overstates its peak, so rises and falls are
@@ -209,19 +270,9 @@ measured from the cross-fitted peak: located on one half of the prompts, its gol
 
 ![gold score against KL]({figure})
 
-## Best-of-n
-
-{chr(10).join('- ' + line for line in verdict('bon', summary['bon'], bon_cmp, z))}
-
-{_table(summary['bon'], 'n', z)}
-
-## PPO
-
-{chr(10).join('- ' + line for line in verdict('ppo', summary['ppo'], ppo_cmp, z))}
-
-{_table(summary['ppo'], 'kl', z)}
-
-Runs end at different KL: read the figure at equal KL, since a run that moves the policy less far loses less gold
+{_targets_section(summary, z)}
+{sections}
+PPO runs end at different KL: read the figure at equal KL, since a run that moves the policy less far loses less gold
 whatever its reward.
 
 `summary.json` holds these numbers and their standard errors; `experiments/` has a study per question (ensemble
@@ -232,10 +283,17 @@ size, label noise, KL penalty, UWO weight, scaling-law fits), each writing its o
 def write_report(out: Path, settings: dict) -> dict:
     """summary.json, overoptimization.png and report.md of one demo folder (SEs over prompts)."""
     out = Path(out)
+    from experiments.targets import measure, with_verdicts, world_stats
+
     curves = demo_curves(out)
     summary = {"settings": settings, **summarise_demo(curves)}
+    world = world_stats(out / "bon", curves["bon"][SINGLE]["n"]) if SINGLE in curves.get("bon", {}) else None
+    if world is not None:
+        summary["world"] = {**world, "oracle": without_per_prompt(world["oracle"])}
+    summary["targets"] = with_verdicts(measure(summary, curves), Z95)
     atomic_write_json(out / "summary.json", summary)
-    headline_figure(curves, out / "overoptimization.png", "Gold score as the proxy is optimized harder (bands: 95% over prompts)")
+    headline_figure(curves, out / "overoptimization.png", "Gold score as the proxy is optimized harder (bands: 95% over prompts)",
+                    oracle=summary.get("world", {}).get("oracle"))
     uncertainty = ("the standard errors are over prompts (one run: they do not include the spread between reruns with other "
                    "seeds; `make replicates` measures that).")
     text = report_text(summary, settings, "overoptimization.png", uncertainty,

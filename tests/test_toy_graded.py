@@ -1,7 +1,9 @@
-"""The candidate graded toy world (rmopt/toy/graded.py): its gold by hand, its prompt space, its SFT spread."""
+"""The graded toy world (rmopt/toy/graded.py): its gold by hand, its prompt space, its SFT spread, the switch to it."""
 
 import numpy as np
 import pytest
+
+from rmopt.toy import graded
 
 from rmopt.toy.graded import (
     PENALTY_EXTRA,
@@ -174,3 +176,53 @@ def test_generate_dataset_has_the_alpaca_schema():
     assert set(ds) == {"sft", "val"}
     assert ds["sft"].column_names == ["instruction", "input", "output"]
     assert all(prompt_part(i, x) == "val" for i, x in zip(ds["val"]["instruction"], ds["val"]["input"], strict=True))
+
+
+# --- the world switch: data.world, data.tasks, the tokenizer and the gold follow it ------------------------
+
+
+def test_data_world_picks_the_splits_the_gold_and_the_tokenizer_corpus():
+    import hydra
+    from conftest import compose
+
+    from rmopt.gold import build_gold
+    from rmopt.toy import get_world
+
+
+    for name, data_cfg, module in (("graded", "toy", graded), ("simple", "toy_simple", get_world("simple"))):
+        cfg = compose("pairs", ["experiment=toy", f"data={data_cfg}", "data.sizes.sft=20"])
+        data = hydra.utils.instantiate(cfg.data)
+        row = data.instructions("sft")[0]
+        module.parse_task(row["instruction"], row["input"])  # a prompt of that world (others' parse_task refuse it)
+        gold = build_gold(cfg.get("gold"), data)
+        answer = module.correct_answer(row["instruction"], row["input"], np.random.default_rng(0))
+        assert gold.score([row["instruction"]], [row["input"]], [answer])[0] == pytest.approx(1.0)
+        assert cfg.model.tokenizer_kwargs.world == name
+    explicit = compose("pairs", ["experiment=toy", "data=toy_simple", "gold=toy"])
+    assert hydra.utils.instantiate(explicit.gold).name != graded.ToyGoldReward.name  # gold=toy follows data.world
+
+
+def test_toy_tokenizer_is_trained_on_the_chosen_worlds_words():
+    from rmopt.toy.tokenizer import train_toy_tokenizer
+
+    graded_tok, simple_tok = train_toy_tokenizer(), train_toy_tokenizer(world="simple")
+    assert len(graded_tok) == 1024 and len(simple_tok) == 512
+    answer = "ape, bat, cat, deer, elk, hen, pig, rat"
+    # with its own corpus and vocabulary every word of the graded world is one or two tokens
+    assert len(graded_tok(answer)["input_ids"]) <= 2 * len(answer.split())
+    assert len(graded_tok(answer)["input_ids"]) < len(simple_tok(answer)["input_ids"])
+
+
+def test_tasks_restrict_the_prompts_drawn_and_bad_values_are_one_line_errors():
+    from rmopt.data.sources import ToyData
+    from rmopt.errors import RmoptError
+
+    data = ToyData(sizes={"sft": 200, "val": 50}, tasks=["list", "count"])
+    kinds = {graded.parse_task(r["instruction"], r["input"]).kind for r in data.instructions("sft")}
+    assert kinds == {"list", "count"}
+    with pytest.raises(RmoptError, match=r"toy tasks \['lists'\]: expected a non-empty list of"):
+        ToyData(tasks=["lists"])
+    with pytest.raises(RmoptError, match="toy world 'fancy' is unknown"):
+        ToyData(world="fancy")
+    with pytest.raises(RmoptError, match="graded-world setting"):
+        ToyData(world="simple", tasks=["list"])

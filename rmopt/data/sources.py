@@ -431,15 +431,27 @@ class ToyData:
     sft_noise: float = 0.5
     path: str | None = None
     pairs_val_split: str = "rm_val"  # rmopt-pairs' default held-out split (conf/pairs.yaml reads it)
+    world: str = "graded"  # which toy world (rmopt.toy.WORLDS): graded (default) or simple
+    tasks: list[str] | None = None  # graded world: the task kinds to draw (None: all of rmopt.toy.graded.TASKS)
 
     def __post_init__(self):
+        from rmopt.toy import get_world
+
+        get_world(self.world)  # an unknown world is a one-line error now, not at first use
+        if self.tasks is not None:
+            if self.world != "graded":
+                raise RmoptError(f"data.tasks is a graded-world setting; data.world is {self.world!r}")
+            from rmopt.toy.graded import check_tasks
+
+            self.tasks = list(check_tasks(self.tasks))
         self._splits = None
 
     def instructions(self, split: str):
         if self._splits is None:
-            from rmopt.toy.world import generate_dataset
+            from rmopt.toy import get_world
 
-            self._splits = generate_dataset(dict(self.sizes), seed=self.seed, sft_noise=self.sft_noise)
+            extra = {} if self.tasks is None else {"tasks": self.tasks}
+            self._splits = get_world(self.world).generate_dataset(dict(self.sizes), seed=self.seed, sft_noise=self.sft_noise, **extra)
         match = _SLICE.match(split.replace(" ", ""))
         if match is None or match["name"] not in self._splits:
             raise RmoptError(
@@ -452,9 +464,9 @@ class ToyData:
         return _preferences(self.path, split)
 
     def gold(self):
-        from rmopt.toy.world import ToyGoldReward
+        from rmopt.toy import gold_reward
 
-        return ToyGoldReward()
+        return gold_reward(self.world)
 
 
 @dataclass

@@ -296,12 +296,12 @@ def _draw_prompt(rng: np.random.Generator, kind: str) -> tuple[str, str]:
     return f"Count from {start} in steps of {step}, {k} numbers.", ""
 
 
-def _prompt(rng: np.random.Generator, part: str) -> tuple[str, str]:
-    """A prompt of a uniformly drawn task kind from one part of the prompt space (:func:`prompt_part`).
+def _prompt(rng: np.random.Generator, part: str, tasks=TASKS) -> tuple[str, str]:
+    """A prompt of a uniformly drawn task kind (of ``tasks``) from one part of the prompt space (:func:`prompt_part`).
 
     The kind is drawn first and the prompt redrawn within it, so every part keeps the same task mix.
     """
-    kind = _pick(rng, TASKS)
+    kind = _pick(rng, tasks)
     while True:
         instruction, input = _draw_prompt(rng, kind)
         if prompt_part(instruction, input) == part:
@@ -388,30 +388,42 @@ def near_miss(instruction: str, input: str, rng: np.random.Generator, noise: flo
     return task.render(items)
 
 
-def make_example(rng: np.random.Generator, noise: float, part: str = "train") -> dict[str, str]:
-    instruction, input = _prompt(rng, part)
+def make_example(rng: np.random.Generator, noise: float, part: str = "train", tasks=TASKS) -> dict[str, str]:
+    instruction, input = _prompt(rng, part, tasks)
     return {"instruction": instruction, "input": input, "output": near_miss(instruction, input, rng, noise)}
 
 
-def generate_split(size: int, seed: int, noise: float = 0.0, part: str = "train") -> list[dict[str, str]]:
+def check_tasks(tasks) -> tuple[str, ...]:
+    """The task kinds to draw prompts from: a non-empty selection of :data:`TASKS`."""
+    from rmopt.errors import RmoptError
+
+    tasks = tuple(TASKS if tasks is None else tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if not tasks or unknown:
+        raise RmoptError(f"toy tasks {list(tasks)!r}: expected a non-empty list of {list(TASKS)}")
+    return tasks
+
+
+def generate_split(size: int, seed: int, noise: float = 0.0, part: str = "train", tasks=TASKS) -> list[dict[str, str]]:
     """``size`` examples (instruction, input, output) from one part of the prompt space; ``noise`` is
-    the mean number of near-miss edits per item of each output (0: right answers)."""
-    rng = np.random.default_rng(seed)
-    return [make_example(rng, noise, part) for _ in range(size)]
+    the mean number of near-miss edits per item of each output (0: right answers); ``tasks`` the kinds drawn."""
+    rng, tasks = np.random.default_rng(seed), check_tasks(tasks)
+    return [make_example(rng, noise, part, tasks) for _ in range(size)]
 
 
-def generate_splits(sizes: dict[str, int], seed: int = 0, sft_noise: float = DEFAULT_SFT_NOISE) -> dict[str, list]:
+def generate_splits(sizes: dict[str, int], seed: int = 0, sft_noise: float = DEFAULT_SFT_NOISE, tasks=TASKS) -> dict[str, list]:
     """The splits of :func:`generate_dataset` as lists of rows (no ``datasets`` import)."""
     return {
         name: generate_split(
-            sizes[name], seed=seed * 1000 + i, noise=sft_noise if name == "sft" else 0.0, part=SPLIT_PART.get(name, "train")
+            sizes[name], seed=seed * 1000 + i, noise=sft_noise if name == "sft" else 0.0, part=SPLIT_PART.get(name, "train"),
+            tasks=tasks,
         )
         for i, name in enumerate(SPLITS)
         if sizes.get(name, 0) > 0
     }
 
 
-def generate_dataset(sizes: dict[str, int], seed: int = 0, sft_noise: float = DEFAULT_SFT_NOISE):
+def generate_dataset(sizes: dict[str, int], seed: int = 0, sft_noise: float = DEFAULT_SFT_NOISE, tasks=TASKS):
     """A ``datasets.DatasetDict`` with AlpacaFarm-like splits; only ``sft`` has near-miss outputs.
 
     ``val`` (evaluation) and ``rm_val`` (the reward models' held-out pairs) hold prompts of their own
@@ -420,7 +432,7 @@ def generate_dataset(sizes: dict[str, int], seed: int = 0, sft_noise: float = DE
     import datasets
 
     return datasets.DatasetDict(
-        {name: datasets.Dataset.from_list(rows) for name, rows in generate_splits(sizes, seed, sft_noise).items()}
+        {name: datasets.Dataset.from_list(rows) for name, rows in generate_splits(sizes, seed, sft_noise, tasks).items()}
     )
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from rmopt.prompts import ASSISTANT, EOS, PAD, PROMPTER
+from rmopt.toy import DEFAULT_WORLD, VOCAB_SIZES
+from rmopt.toy import get_world
 
 
-def train_toy_tokenizer(vocab_size: int = 512, seed: int = 12345):
-    """Train on the toy corpus and wrap it as a Hugging Face fast tokenizer.
+def train_toy_tokenizer(vocab_size: int | None = None, seed: int = 12345, world: str = DEFAULT_WORLD):
+    """Train on toy world ``world``'s corpus and wrap it as a Hugging Face fast tokenizer.
+
+    ``vocab_size`` defaults to the world's own (:data:`rmopt.toy.VOCAB_SIZES`: large enough that
+    every word of the world is one or two tokens).
 
     EOS doubles as BOS (as in Pythia); ``<|padding|>`` is the pad token so reward pooling and loss
     masks never confuse padding with the EOS that closes an answer.
@@ -14,7 +19,8 @@ def train_toy_tokenizer(vocab_size: int = 512, seed: int = 12345):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from rmopt.toy.world import corpus
+    corpus = get_world(world).corpus
+    vocab_size = VOCAB_SIZES[world] if vocab_size is None else vocab_size
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
