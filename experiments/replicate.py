@@ -88,7 +88,7 @@ def replicate_summary(summaries: Sequence[Mapping]) -> dict:
                 out["comparisons"][stage][name] = agg
     if all("world" in s for s in summaries):
         worlds = [s["world"] for s in summaries]
-        out["world"] = _aggregate(worlds, ["sft_at_max", "sft_gold_mean", "sft_gold_std"])
+        out["world"] = _aggregate(worlds, ["sft_max_share", "sft_gold_mean", "sft_gold_std"])
         oracle = np.array([w["oracle"]["gold_score"] for w in worlds])
         out["world"]["oracle"] = {"n": worlds[0]["oracle"]["n"], "kl_bon": worlds[0]["oracle"]["kl_bon"],
                                   "gold_score": oracle.mean(axis=0).tolist(),

@@ -249,7 +249,7 @@ def report_text(summary: Mapping, settings: Mapping, figure: str, uncertainty: s
     s, z = settings, multiplier(settings)
     world = summary.get("world")
     world_line = ("" if not world else
-                  f" The SFT policy's own answers (the best-of-n samples): {world['sft_at_max']:.3f} at the gold's maximum, gold mean "
+                  f" The SFT policy's own answers (the best-of-n samples): {world['sft_max_share']:.3f} at the gold's maximum, gold mean "
                   f"{world['sft_gold_mean']:.3f} and standard deviation {world['sft_gold_std']:.3f}; the oracle (best-of-n ranked by the "
                   f"gold itself) goes from {world['oracle']['gold_score'][0]:.3f} at n = 1 to {world['oracle']['gold_score'][-1]:.3f} at "
                   f"n = {world['oracle']['n'][-1]}.")

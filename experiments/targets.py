@@ -58,8 +58,8 @@ def world_stats(bon_dir: str | Path, ns: Sequence[int]) -> dict:
     gold = np.asarray(gens.gold, dtype=np.float64)
     at_max = (gold >= GOLD_MAX - 1e-6).mean(axis=1)  # per prompt
     return {
-        "sft_at_max": float(at_max.mean()),
-        "sft_at_max_se": standard_error(at_max),
+        "sft_max_share": float(at_max.mean()),
+        "sft_max_share_se": standard_error(at_max),
         "sft_gold_mean": float(gold.mean()),
         "sft_gold_std": float(gold.std(ddof=1)),
         "oracle": bon_curve(gold, gold, list(ns)),
@@ -84,7 +84,7 @@ def measure(summary: Mapping, curves: Mapping | None = None) -> dict[str, dict]:
     out: dict[str, dict] = {}
     world, bon, comparisons = summary.get("world"), summary.get("bon", {}), summary.get("comparisons", {})
     if world:
-        out["sft_at_max"] = {"value": world["sft_at_max"], "se": world.get("sft_at_max_se", math.nan)}
+        out["sft_at_max"] = {"value": world["sft_max_share"], "se": world.get("sft_max_share_se", math.nan)}
         o = world["oracle"]
         g, late = o["gold_score"], _at(o, LATE_N) if LATE_N in o["n"] else None
         if late is not None:

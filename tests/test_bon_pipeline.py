@@ -211,7 +211,7 @@ def test_toy_world_end_to_end_generates_scores_and_reuses(
     assert (out / "bon.png").stat().st_size > 10_000
 
     # generated answers are saved in the published schema and gold-scored by the toy world's gold
-    from rmopt.toy.world import gold_score
+    from rmopt.toy.graded import gold_score  # the default toy world (data=toy)
 
     gens = load_gold_gens(str(out / "gold_gens"), big_n=6)
     assert (gens.P, gens.N) == (4, 6)

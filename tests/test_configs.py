@@ -73,7 +73,7 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path, m
     obj = hydra.utils.instantiate(node)
     assert type(obj).__name__ == node._target_.rsplit(".", 1)[-1]
     if group == "gold":
-        assert len(obj.score(["List 2 colors."], [""], ["red, blue"])) == 1
+        assert len(obj.score(["List 6 colors."], [""], ["red, blue, pink, gray, tan, teal"])) == 1
 
 
 def test_wandb_logger_is_offline_by_default_and_groups_a_sweep(tmp_path, monkeypatch):

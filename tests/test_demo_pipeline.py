@@ -106,6 +106,13 @@ def demo_dir(toy_sft_dir, tmp_path_factory):
             )
         )
     ppo_gold(compose("ppo_gold", [f"run_dir={out}/ppo/*", f"output_dir={out}/ppo"], output_dir=run("gold")))
+    # the controls: best-of-n on the same answers (here with the same members), PPO with KL coefficient 0.01
+    run_bon(compose("bon", [*toy, rms, "seeds=[1,2]", "big_n=8", "num_prompts=6", "normalise=true", "progress=false",
+                            f"gold_gens={out}/bon/gold_gens", f"output_dir={out}/bon_clean"], output_dir=run("bon_clean")))
+    for name, seeds, objective in (("seed1", "[1]", "single"), ("wco", "[1,2]", "wco")):
+        train_ppo(compose("ppo", [*ppo, f"seeds={seeds}", f"objective={objective}", "kl_coef=0.01",
+                                  f"output_dir={out}/ppo_kl0.01/{name}"], output_dir=run(f"pk-{name}")))
+    ppo_gold(compose("ppo_gold", [f"run_dir={out}/ppo_kl0.01/*", f"output_dir={out}/ppo_kl0.01"], output_dir=run("gold-kl")))
     return out
 
 
@@ -151,7 +158,21 @@ def test_miniature_demo_writes_a_summary_with_every_field(demo_dir):
     # every reward starts from the same answers at n = 1 and at step 0
     assert len({round(s["gold_start"], 6) for s in summary["bon"].values()}) == 1
     assert len({round(s["gold_start"], 6) for s in summary["ppo"].values()}) == 1
+    # the controls and the targets
+    assert set(summary["bon_clean"]) == {"seed1", "seed2", "mean", "wco", "uwo_0.5", "single"}
+    assert set(summary["ppo_kl0.01"]) == {"seed1", "wco", "single"}
+    noise = summary["comparisons"]["noise"]["drop_cv"]  # the same answers and members: a paired difference of zero
+    assert noise["value"] == pytest.approx(0.0) and noise["se"] == pytest.approx(0.0)
+    world = summary["world"]
+    assert world["oracle"]["n"] == [1, 2, 4, 8] and world["oracle"]["gold_score"][-1] >= max(
+        s["gold_final"] for s in summary["bon"].values())  # nothing ranks the 8 answers better than gold itself
+    targets = summary["targets"]
+    assert {"sft_at_max", "bon_single_peak_n", "noise_drop_excess", "bon_wco_drop_ratio", "ppo_kl_single_drop",
+            "ppo_kl_wco_drop_ratio"} <= set(targets)
+    assert not targets["noise_drop_excess"]["met"]  # zero excess is not above zero
+    assert targets["bon_single_peak_n"]["value"] == summary["bon"]["single"]["n_at_max"]
     report = (demo_dir / "report.md").read_text()
+    assert "## The lab's targets" in report and "## Best-of-n, clean labels" in report and "## PPO, KL coefficient 0.01" in report
     assert "## Best-of-n" in report and "## PPO" in report and "WCO:" in report
     assert "95% interval" in report and "Which knobs matter" not in report and "mean +- 1.96 SE" in report
     assert "Single reward models (average of 2)" in report and "Single reward models (average of 1)" in report

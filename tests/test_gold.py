@@ -100,13 +100,13 @@ def test_hf_gold_scores_from_text_in_its_own_format(gold_rm_dir):
 
 
 def test_gold_config_group(tmp_path, gold_rm_dir):
-    from rmopt.toy.world import ToyGoldReward
+    from rmopt.toy.graded import ToyGoldReward  # the default toy world (data=toy)
 
     cfg = compose("bon", ["experiment=toy"], tmp_path)
     import hydra
 
     assert isinstance(build_gold(cfg.get("gold"), hydra.utils.instantiate(cfg.data)), ToyGoldReward)
-    assert isinstance(build_gold(compose("bon", ["gold=toy"], tmp_path).gold), ToyGoldReward)
+    assert build_gold(compose("bon", ["gold=toy"], tmp_path).gold).name == ToyGoldReward.name
     cfg = compose("bon", ["gold=hf", f"gold.name_or_path={gold_rm_dir}", "gold.device=cpu"], tmp_path)
     gold = build_gold(cfg.gold)
     assert isinstance(gold, HFGoldReward) and gold.template == "prompt_format"

@@ -53,7 +53,7 @@ def make_pairs_dir(sft_dir, out, seed=0, **knobs):
 def test_pairs_folder_schema_sizes_gold_and_seed(toy_sft_dir, tmp_path):
     import datasets
 
-    from rmopt.toy.world import gold_score
+    from rmopt.toy.graded import gold_score  # the default toy world (data=toy)
 
     summary = make_pairs_dir(toy_sft_dir, tmp_path / "pairs", train_size=60, val_size=20, label_noise=0.25)
     ds = datasets.load_from_disk(str(tmp_path / "pairs"))

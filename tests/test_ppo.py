@@ -180,7 +180,7 @@ def test_wco_rewards_with_the_member_minimum(toy_sft_dir, rm_dirs, tmp_path):
 def test_run_gold_eval_and_resume(toy_sft_dir, rm_dirs, tmp_path):
     """Eval files at 0, every eval_every and the end with gold for every answer; ckpt_path=last resumes exactly."""
     from rmopt.ppo import load_value_head, score_gold, train
-    from rmopt.toy.world import ToyGoldReward
+    from rmopt.toy.graded import ToyGoldReward  # the default toy world (data=toy)
 
     common = ("eval_every=2", "checkpoint_every=2", "seeds=[1,2]", "objective=mean")
     straight = tmp_path / "straight"

@@ -14,7 +14,7 @@ def _summary():
     bon = {"single": {"n_at_max": 16, "drop_cv": 0.1, "drop_cv_se": 0.02},
            "wco": {"drop_cv": 0.02}, "uwo_0.5": {"drop_cv": 0.05}, "mean": {"drop_cv": 0.09}}
     summary = {
-        "world": {"sft_at_max": 0.04, "sft_at_max_se": 0.01, "sft_gold_mean": 0.2, "sft_gold_std": 0.4, "oracle": oracle},
+        "world": {"sft_max_share": 0.04, "sft_max_share_se": 0.01, "sft_gold_mean": 0.2, "sft_gold_std": 0.4, "oracle": oracle},
         "bon": bon,
         "bon_clean": {"single": {"drop_cv": 0.07, "drop_cv_se": 0.01}},
         "ppo": {"single": {"rise_cv": 0.3, "rise_cv_se": 0.04}},

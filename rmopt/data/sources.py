@@ -464,9 +464,9 @@ class ToyData:
         return _preferences(self.path, split)
 
     def gold(self):
-        from rmopt.toy import gold_reward
+        from rmopt.toy import get_world
 
-        return gold_reward(self.world)
+        return get_world(self.world).ToyGoldReward()
 
 
 @dataclass

@@ -26,6 +26,12 @@ def get_world(name: str = DEFAULT_WORLD):
     return importlib.import_module(WORLDS[name])
 
 
-def gold_reward(world_name: str = DEFAULT_WORLD):
-    """The exact gold reward of toy world ``world_name`` (``conf/gold/toy.yaml``)."""
-    return get_world(world_name).ToyGoldReward()
+class ToyGoldReward:
+    """The exact gold reward of toy world ``world`` (``gold=toy``; ``conf/gold/toy.yaml`` follows ``data.world``)."""
+
+    def __init__(self, world: str = DEFAULT_WORLD):
+        self._gold = get_world(world).ToyGoldReward()
+        self.name = self._gold.name
+
+    def score(self, instructions, inputs, answers, batch_size: int | None = None):
+        return self._gold.score(instructions, inputs, answers, batch_size=batch_size)
