@@ -1,14 +1,17 @@
-"""The overoptimization lab on the toy world: `make demo` (about 28 minutes on 2 cores) and `make demo-quick`.
+"""The overoptimization lab on the graded toy world: `make demo` and `make demo-quick`.
 
 Runs every stage as the console script a user would type, so the demo doubles as a walk-through of
 the CLI, then writes `<out>/summary.json` and `<out>/report.md` with the figures:
 
 1. SFT policy (also the reward models' base)       rmopt-sft
-2. gold-labelled preference pairs                   rmopt-pairs
-3. a 5-seed reward-model ensemble, one sweep        rmopt-rm -m seed=1,2,3,4,5 hydra/launcher=joblib
-4. best-of-n for every member, mean, WCO and UWO    rmopt-bon
-5. PPO with single RMs and with mean/WCO/UWO        rmopt-ppo -m ...
-6. gold evaluation of the PPO runs                  rmopt-ppo-gold
+2. gold-labelled preference pairs (25% noise; and clean) rmopt-pairs
+3. a 5-seed reward-model ensemble on each            rmopt-rm -m seed=1,2,3,4,5 hydra/launcher=joblib
+4. best-of-n for every member, mean, WCO and UWO     rmopt-bon  (bon/, and bon_clean/ on the same answers)
+5. PPO with single RMs and with mean/WCO/UWO         rmopt-ppo -m ...  (ppo/ and ppo_kl0.01/)
+6. gold evaluation of the PPO runs                   rmopt-ppo-gold
+
+Independent stages run side by side, one CPU core each; `--no-controls` skips the clean-label and
+KL-penalty controls. README says how long it takes on a 2-core machine.
 """
 
 from __future__ import annotations

@@ -226,3 +226,18 @@ def test_tasks_restrict_the_prompts_drawn_and_bad_values_are_one_line_errors():
         ToyData(world="fancy")
     with pytest.raises(RmoptError, match="graded-world setting"):
         ToyData(world="simple", tasks=["list"])
+
+
+def test_the_default_worlds_held_out_prompts_are_unseen_and_many():
+    """data=toy as the demo uses it: val and rm_val share no prompt with any training split, and val
+    has hundreds of distinct prompts."""
+    import hydra
+    from conftest import compose
+
+    data = hydra.utils.instantiate(compose("pairs", ["experiment=toy"]).data)
+    prompts = {name: set(zip(data.instructions(name)["instruction"], data.instructions(name)["input"], strict=True))
+               for name in ("sft", "preference", "unlabeled", "val", "rm_val")}
+    train = prompts["sft"] | prompts["preference"] | prompts["unlabeled"]
+    assert not prompts["val"] & train and not prompts["rm_val"] & train and not prompts["val"] & prompts["rm_val"]
+    assert len(prompts["val"]) >= 300 and len(prompts["rm_val"]) >= 100
+    assert {graded.parse_task(i, x).kind for i, x in prompts["val"]} == set(data.tasks)
