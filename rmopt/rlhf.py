@@ -26,6 +26,11 @@ __all__ = [
     "entropy_from_logits",
     "explained_variance",
     "gae",
+    "group_advantages",
+    "kl_loss",
+    "leave_one_out_advantages",
+    "leave_one_out_baseline",
+    "sequence_rewards",
     "kl_estimators",
     "last_token_index",
     "logprobs_from_logits",
@@ -330,6 +335,72 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
         for row, row_index in zip(logits, index, strict=True)
     ]
     return torch.stack(rows)
+
+
+# ----------------------------------------------------------------------------- critic-free baselines (GRPO, RLOO)
+
+
+def _grouped(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[B]`` scores, ``group_size`` consecutive answers per prompt -> ``[B / group_size, group_size]``."""
+    if int(group_size) != group_size or group_size < 2:
+        raise ValueError(f"group_size must be an integer of at least 2 (a baseline needs other answers), got {group_size!r}")
+    scores = torch.as_tensor(scores).reshape(-1)
+    if scores.shape[0] % group_size:
+        raise ValueError(f"{scores.shape[0]} scores do not split into groups of {group_size}")
+    return scores.reshape(-1, int(group_size))
+
+
+def group_advantages(scores: torch.Tensor, group_size: int, scale_rewards: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantage of each answer relative to its group: ``r - mean(group)``, divided by
+    ``std(group) + eps`` (unbiased std, as TRL) when ``scale_rewards`` (false: Dr. GRPO's unscaled form).
+
+    ``scores`` ``[B]`` hold ``group_size`` consecutive answers to each prompt. Returns ``[B]``.
+    """
+    g = _grouped(scores, group_size).float()
+    centred = g - g.mean(dim=1, keepdim=True)
+    if scale_rewards:
+        centred = centred / (g.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO's baseline of each answer: the mean score of the other ``group_size - 1`` answers to its prompt. ``[B]``."""
+    g = _grouped(scores, group_size).float()
+    return ((g.sum(dim=1, keepdim=True) - g) / (group_size - 1)).reshape(-1)
+
+
+def leave_one_out_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO's advantage: each answer's score minus its leave-one-out baseline, ``G / (G - 1) (r - mean)``. ``[B]``."""
+    return torch.as_tensor(scores).reshape(-1).float() - leave_one_out_baseline(scores, group_size)
+
+
+def sequence_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole answer's reward with the KL penalty folded in: ``score - kl_coef * sum_t kl_t`` (RLOO, and GRPO
+    with the KL as a reward penalty). Returns ``(rewards [B], sequence kl [B])``."""
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
+    m = _bool_mask(mask, logprobs)
+    kl = sequence_kl(kl_estimators(logprobs, ref_logprobs)[kl_estimator], m)
+    scores = torch.as_tensor(scores, dtype=kl.dtype, device=kl.device).reshape(-1)
+    if scores.shape[0] != kl.shape[0]:
+        raise ValueError(f"scores has {scores.shape[0]} entries for a batch of {kl.shape[0]}")
+    return scores - kl_coef * kl, kl
+
+
+def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_estimator: str = "k3") -> torch.Tensor:
+    """GRPO's KL term: the masked mean over answer tokens of a per-token KL(pi || pi_ref) estimator (k3 by
+    default, as DeepSeekMath), differentiable in ``logprobs``; the loss adds ``beta`` times it."""
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
+    m = _bool_mask(mask, logprobs)
+    return masked_mean(kl_estimators(logprobs, ref_logprobs)[kl_estimator], m)
 
 
 # ----------------------------------------------------------------------------- KL controllers

@@ -290,3 +290,67 @@ def test_adaptive_kl_controller_one_update():
     ctl = AdaptiveKLController(0.1, target=6.0)
     ctl.update(5.4, n_steps=1000)
     assert ctl.value == pytest.approx(0.099, abs=1e-12)
+
+
+# --- critic-free baselines (GRPO, RLOO) ------------------------------------------------------------------
+
+
+def test_group_advantages_by_hand():
+    from rmopt.rlhf import group_advantages
+
+    scores = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 4.0])  # two prompts, three answers each
+    # group 1: mean 2, unbiased std 1 -> -1, 0, 1; group 2: mean 4/3, std sqrt(16/3) = 2.3094
+    scaled = group_advantages(scores, 3, eps=0.0)
+    torch.testing.assert_close(scaled, torch.tensor([-1.0, 0.0, 1.0, -0.57735, -0.57735, 1.15470]), atol=1e-5, rtol=0)
+    unscaled = group_advantages(scores, 3, scale_rewards=False)  # Dr. GRPO
+    torch.testing.assert_close(unscaled, torch.tensor([-1.0, 0.0, 1.0, -4 / 3, -4 / 3, 8 / 3]))
+    # a group of equal scores has no signal: zero advantages, not NaN
+    assert group_advantages(torch.tensor([2.0, 2.0]), 2).tolist() == [0.0, 0.0]
+
+
+def test_leave_one_out_baseline_and_advantages_by_hand():
+    from rmopt.rlhf import leave_one_out_advantages, leave_one_out_baseline
+
+    scores = torch.tensor([1.0, 2.0, 6.0, 3.0])  # two prompts, two answers each
+    assert leave_one_out_baseline(scores, 2).tolist() == [2.0, 1.0, 3.0, 6.0]
+    assert leave_one_out_advantages(scores, 2).tolist() == [-1.0, 1.0, 3.0, -3.0]
+    # G / (G - 1) times the centred score, and brute force over each answer's others
+    scores = torch.tensor([0.5, -1.0, 2.0, 4.0])
+    brute = [scores[i] - torch.stack([scores[j] for j in range(4) if j != i]).mean() for i in range(4)]
+    torch.testing.assert_close(leave_one_out_advantages(scores, 4), torch.stack(brute))
+    torch.testing.assert_close(leave_one_out_advantages(scores, 4), 4 / 3 * (scores - scores.mean()))
+
+
+def test_group_sizes_that_cannot_give_a_baseline_are_refused():
+    from rmopt.rlhf import group_advantages, leave_one_out_baseline
+
+    with pytest.raises(ValueError, match="group_size must be an integer of at least 2"):
+        leave_one_out_baseline(torch.ones(4), 1)
+    with pytest.raises(ValueError, match="5 scores do not split into groups of 2"):
+        group_advantages(torch.ones(5), 2)
+
+
+def test_sequence_rewards_fold_the_summed_kl_into_the_score():
+    from rmopt.rlhf import sequence_rewards
+
+    logprobs = torch.tensor([[-1.0, -2.0, 9.0], [-0.5, -0.5, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, -1.0, -2.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])  # the 9.0 is padding and never read
+    rewards, kl = sequence_rewards(torch.tensor([1.0, 2.0]), logprobs, ref, mask, kl_coef=0.1)
+    torch.testing.assert_close(kl, torch.tensor([0.5 - 1.0, 0.0 + 0.5 + 1.5]))  # k1 summed over answer tokens
+    torch.testing.assert_close(rewards, torch.tensor([1.0 + 0.05, 2.0 - 0.2]))
+
+
+def test_kl_loss_is_the_masked_mean_of_k3_and_has_its_gradient():
+    from rmopt.rlhf import kl_loss
+
+    logprobs = torch.tensor([[-1.0, -2.0], [-0.5, 3.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0], [-0.5, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    loss = kl_loss(logprobs, ref, mask)
+    r = torch.tensor([0.5, -1.0, 0.0])
+    expected = (torch.exp(-r) - 1 + r).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    # d/dr (e^-r - 1 + r) / 3 = (1 - e^-r) / 3 on valid tokens, 0 on padding
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[(1 - math.exp(-0.5)) / 3, (1 - math.exp(1.0)) / 3], [0.0, 0.0]]))
