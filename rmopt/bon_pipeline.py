@@ -38,6 +38,8 @@ SCORES_META = "proxy_scores.json"
 GENS_DIR = "gold_gens"
 GENS_META = "gold_gens.json"
 RUN_FILE = "bon_run.json"
+WARM_NAME = "warm"  # warm=true: the curve of the members' weight average, <output_dir>/warm/
+WARM_MODEL_DIR = "warm_rm"  # ... and the averaged reward model itself
 FIGURE_FILE = "bon.png"
 ENSEMBLE_OBJECTIVES = ("mean", "wco", "uwo")
 PART_ANSWERS = 200_000  # answers per stored part while scoring or generating (the unit of resumption)
@@ -635,6 +637,7 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
         "uwo_weights": uwo_weights,
         "normalise": bool(cfg.normalise),
         "max_length": int(cfg.max_length),
+        "warm": bool(cfg.get("warm", False)),
     }
     run_file = output_dir / RUN_FILE
     if run_file.exists():
@@ -642,10 +645,15 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
         if done.get("key") == run_key and already_done(cfg, output_dir):
             return {name: read_curve(output_dir / name / RESULTS_FILE) for name in done["results"]}
 
+    warm_paths, warm_names = [], []
+    if cfg.get("warm"):  # WARM: the members' weights averaged into one more reward model, scored in the same pass
+        from rmopt.warm import average_members
+
+        warm_paths, warm_names = [str(average_members(paths, seeds, output_dir / WARM_MODEL_DIR))], [WARM_NAME]
     member_scores, head_names = stored_proxy_scores(
         gens,
-        paths,
-        names,
+        [*paths, *warm_paths],
+        [*names, *warm_names],
         output_dir,
         max_length=int(cfg.max_length),
         batch_size=_positive_int(cfg.batch_size, "batch_size"),
@@ -653,10 +661,14 @@ def run_bon(cfg) -> dict[str, dict[str, list]]:
         progress=bool(cfg.get("progress", True)),
     )
     if cfg.normalise:
-        member_scores = _normalise(member_scores, paths)
+        member_scores = _normalise(member_scores, [*paths, *warm_paths])
+    if warm_paths:
+        member_scores, warm_scores, head_names = member_scores[:-1], member_scores[-1], head_names[:-1]
     curves = bon_curves(
         member_scores, head_names, gens.gold, ns, bool(cfg.ensembles), objectives, uwo_weights
     )
+    if warm_paths:
+        curves[WARM_NAME] = bon_curve(warm_scores, gens.gold, ns)
     written = write_results(curves, output_dir)
     figure = _plot(curves, output_dir / FIGURE_FILE, gens)
     if cfg.get("logger") and cfg.logger.get("wandb"):
