@@ -34,7 +34,11 @@ def settings_from(cfg: DictConfig):
 
     from rmopt.modules.ppo import PPOSettings
 
-    return PPOSettings(**{f.name: cfg[f.name] for f in fields(PPOSettings) if f.name in cfg})
+    algorithm = cfg.get("algorithm") or {"name": "ppo"}
+    from_algorithm = {"algorithm": algorithm.get("name", "ppo"),
+                      **{k: algorithm[k] for k in ("group_size", "scale_rewards", "beta") if k in algorithm}}
+    return PPOSettings(**{f.name: cfg[f.name] for f in fields(PPOSettings) if f.name in cfg and f.name not in from_algorithm},
+                       **from_algorithm)
 
 
 def build_policy(cfg: DictConfig):

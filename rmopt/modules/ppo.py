@@ -5,6 +5,12 @@ it with every member at once, compute reference log-probs, per-token KL penalty 
 the answer's last token, GAE, whitened advantages, then ``ppo_epochs`` passes of clipped policy and
 value updates over shuffled mini-batches. The math lives in :mod:`rmopt.rlhf`.
 
+``algorithm=grpo`` / ``rloo`` (critic-free) sample ``group_size`` answers to each of
+``rollout_batch_size / group_size`` prompts, fold the KL penalty (``kl_coef``) into each answer's
+reward, and replace GAE by the group baseline (GRPO: the group's mean, divided by its std unless
+``scale_rewards=false``; RLOO: the mean of the other answers), one advantage per answer; GRPO can add
+``beta`` times the k3 KL to the initial policy to the loss. No value head is trained.
+
 Step counting: Lightning counts a manual-optimisation step each time a *LightningOptimizer* steps.
 The inner mini-batch updates step the wrapped torch optimizer directly and only the last update of
 an iteration goes through Lightning, so ``trainer.global_step`` (and ``trainer.max_steps``, the
@@ -29,12 +35,16 @@ from rmopt.rlhf import (
     FixedKLController,
     explained_variance,
     gae,
+    group_advantages,
     kl_estimators,
+    kl_loss,
+    leave_one_out_advantages,
     masked_mean,
     masked_whiten,
     per_token_rewards,
     policy_loss,
     sequence_kl,
+    sequence_rewards,
     value_loss,
 )
 from rmopt.stats import group_means, standard_error
@@ -74,12 +84,43 @@ class PPOSettings:
     sample_every: int = 50
     sample_count: int = 4
     score_batch_size: int = 64
+    # the algorithm (conf/algorithm/*.yaml): ppo (GAE with a value head), grpo or rloo (critic-free, group baselines)
+    algorithm: str = "ppo"
+    group_size: int = 1  # answers per prompt in a step (grpo, rloo: at least 2)
+    scale_rewards: bool = True  # grpo: divide by the group's std (false: Dr. GRPO)
+    beta: float = 0.0  # grpo: coefficient of the k3 KL-to-initial-policy loss term
+
+    @property
+    def critic_free(self) -> bool:
+        return self.algorithm in ("grpo", "rloo")
+
+
+ALGORITHMS = ("ppo", "grpo", "rloo")
+
+
+def check_algorithm(s: PPOSettings) -> None:
+    """The algorithm's settings, checked before any model is loaded."""
+    from rmopt.errors import RmoptError
+
+    if s.algorithm not in ALGORITHMS:
+        raise RmoptError(f"algorithm={s.algorithm!r} is not valid; expected one of {', '.join(ALGORITHMS)}")
+    if s.critic_free:
+        if int(s.group_size) < 2:
+            raise RmoptError(f"algorithm.group_size={s.group_size} is not valid for {s.algorithm}; expected at least 2 "
+                             "answers per prompt (the baseline is the group's other answers)")
+        if s.rollout_batch_size % s.group_size:
+            raise RmoptError(f"rollout_batch_size={s.rollout_batch_size} is not a multiple of algorithm.group_size={s.group_size}; "
+                             "a step samples rollout_batch_size / group_size prompts x group_size answers")
+        if s.beta < 0:
+            raise RmoptError(f"algorithm.beta={s.beta} is not valid; expected a KL loss coefficient >= 0")
 
 
 def kl_controller(s: PPOSettings):
     """The KL coefficient's controller, with the KL settings checked before any model is loaded."""
     from rmopt.errors import RmoptError
     from rmopt.rlhf import KL_ESTIMATORS
+
+    check_algorithm(s)
 
     if s.kl_estimator not in KL_ESTIMATORS:
         raise RmoptError(f"kl_estimator={s.kl_estimator!r} is not valid; expected one of {', '.join(KL_ESTIMATORS)}")
@@ -172,7 +213,8 @@ class PPOModule(L.LightningModule):
         Under ddp the ranks take consecutive slices of one shuffled order, so they sample different
         prompts and one step consumes ``rollout_batch_size x world_size`` of them; resuming repeats nothing.
         """
-        n, B = len(self.prompts), self.s.rollout_batch_size
+        n, G = len(self.prompts), self.s.group_size if self.s.critic_free else 1
+        B = self.s.rollout_batch_size // G  # grpo / rloo: each prompt G times in a row
         first = (step * world_size + rank) * B
         idx = []
         for i in range(first, first + B):
@@ -180,7 +222,7 @@ class PPOModule(L.LightningModule):
             if epoch not in self._perms:
                 self._perms = {epoch: np.random.default_rng(_seed(self.seed, epoch)).permutation(n)}
             idx.append(int(self._perms[epoch][i % n]))
-        rows = self.prompts.select(idx)
+        rows = self.prompts.select([i for i in idx for _ in range(G)])
         return list(rows["instruction"]), list(rows["input"])
 
     def _noise_seed(self, *parts: int) -> int:
@@ -222,13 +264,14 @@ class PPOModule(L.LightningModule):
         """Sample and score one batch of prompts, with the log-probs and values PPO needs (no gradients)."""
         r = self.sample(instructions, inputs, generator, temperature, top_p)
         batch = r["batch"]
-        out = answer_forward(self.policy.lm, batch, self.policy.value_head, self.s.temperature)
+        value_head = None if self.s.critic_free else self.policy.value_head
+        out = answer_forward(self.policy.lm, batch, value_head, self.s.temperature)
         ref = answer_forward(self.reference, batch, None, self.s.temperature)
         scores = self.score(instructions, inputs, r["prompt_ids"], r["answer_ids"], r["texts"]).to(self.device)
         return {
             "batch": batch,
             "logprobs": out["logprobs"],
-            "values": out["values"],
+            "values": out.get("values"),
             "ref_logprobs": ref["logprobs"],
             "scores": scores,
             "combined": self.objective(scores).float(),
@@ -251,13 +294,24 @@ class PPOModule(L.LightningModule):
         instructions, inputs = self.prompt_batch(step, self.global_rank, world)
         r = self.rollout(instructions, inputs, generator, s.temperature)
         batch, mask = r["batch"], r["batch"]["answer_mask"]
-        old_logprobs, old_values, ref_logprobs = (r[k].clone() for k in ("logprobs", "values", "ref_logprobs"))
-        rewards, _ = per_token_rewards(
-            r["combined"], old_logprobs, ref_logprobs, mask, self.kl_ctl.value, s.kl_estimator, s.score_clip
-        )
-        advantages, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
-        if s.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+        old_logprobs, ref_logprobs = r["logprobs"].clone(), r["ref_logprobs"].clone()
+        if s.critic_free:  # a whole answer's reward against its group's: no value head
+            old_values = returns = None
+            combined = r["combined"] if s.score_clip is None else r["combined"].clamp(-s.score_clip, s.score_clip)
+            seq_rewards, _ = sequence_rewards(combined, old_logprobs, ref_logprobs, mask, self.kl_ctl.value, s.kl_estimator)
+            if s.algorithm == "grpo":
+                seq_adv = group_advantages(seq_rewards, s.group_size, s.scale_rewards)
+            else:
+                seq_adv = leave_one_out_advantages(seq_rewards, s.group_size)
+            advantages = seq_adv.to(old_logprobs.dtype)[:, None] * mask
+        else:
+            old_values = r["values"].clone()
+            rewards, _ = per_token_rewards(
+                r["combined"], old_logprobs, ref_logprobs, mask, self.kl_ctl.value, s.kl_estimator, s.score_clip
+            )
+            advantages, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
+            if s.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
         rollout_time = time.perf_counter() - start
 
         opt = self.optimizers()
@@ -270,10 +324,17 @@ class PPOModule(L.LightningModule):
                 perm = torch.randperm(n, generator=order_gen).to(self.device)
             idx = perm[i : i + s.minibatch_size]
             sub = {k: v[idx] for k, v in batch.items()}
-            out = answer_forward(self.policy.lm, sub, self.policy.value_head, s.temperature, with_entropy=True)
+            value_head = None if s.critic_free else self.policy.value_head
+            out = answer_forward(self.policy.lm, sub, value_head, s.temperature, with_entropy=True)
             pl, pstats = policy_loss(out["logprobs"], old_logprobs[idx], advantages[idx], mask[idx], s.cliprange)
-            vl, vstats = value_loss(out["values"], old_values[idx], returns[idx], mask[idx], s.cliprange_value)
-            loss = pl + s.vf_coef * vl
+            if s.critic_free:
+                vl, vstats = torch.zeros(()), {"vf_clipfrac": torch.zeros(())}
+                kl_term = kl_loss(out["logprobs"], ref_logprobs[idx], mask[idx]) if s.beta else torch.zeros(())
+                loss = pl + s.beta * kl_term
+            else:
+                vl, vstats = value_loss(out["values"], old_values[idx], returns[idx], mask[idx], s.cliprange_value)
+                kl_term = torch.zeros(())
+                loss = pl + s.vf_coef * vl
             opt.zero_grad()
             self.manual_backward(loss)
             if s.max_grad_norm:
@@ -285,7 +346,7 @@ class PPOModule(L.LightningModule):
             for key, v in {
                 "loss/policy": pl, "loss/value": vl, "loss/total": loss, "policy/entropy": masked_mean(out["entropy"], mask[idx]),
                 "policy/clipfrac": pstats["clipfrac"], "policy/approx_kl": pstats["approx_kl"],
-                "value/clipfrac": vstats["vf_clipfrac"],
+                "value/clipfrac": vstats["vf_clipfrac"], "loss/kl": kl_term,
             }.items():
                 acc.setdefault(key, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
 
@@ -303,7 +364,7 @@ class PPOModule(L.LightningModule):
             **{f"reward/member_{j}": scores[j].mean() for j in range(scores.size(0))},
             **{f"kl/{name}": v for name, v in kls.items()},
             "kl/coef": kl_coef_used,
-            "value/explained_variance": explained_variance(old_values, returns, mask),
+            **({} if s.critic_free else {"value/explained_variance": explained_variance(old_values, returns, mask)}),
             "answer/length": mask.sum(1).float().mean(),
             "answer/finished": float(np.mean(r["finished"])),
             "perf/samples_per_s": n / elapsed,

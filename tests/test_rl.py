@@ -1,0 +1,113 @@
+"""rmopt-rl: algorithm=grpo and algorithm=rloo beside PPO (the same stage, module and run folder)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose, save_stand_in_rms
+from test_ppo import LengthReward, ppo_cfg
+
+from rmopt.errors import RmoptError
+
+
+@pytest.fixture(scope="module")
+def rm_dirs(toy_sft_dir, tmp_path_factory):
+    return save_stand_in_rms(toy_sft_dir, tmp_path_factory.mktemp("rms"))
+
+
+def test_rl_config_is_the_ppo_config_with_the_algorithm_group():
+    from omegaconf import OmegaConf
+
+    def plain(cfg):
+        return {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k not in ("task_name", "output_dir", "hydra")}
+
+    assert plain(compose("rl", ["experiment=toy", "algorithm=ppo"])) == plain(compose("ppo", ["experiment=toy"]))
+    grpo = compose("rl", ["algorithm=grpo"]).algorithm
+    assert (grpo.name, grpo.group_size, grpo.scale_rewards, grpo.beta) == ("grpo", 4, True, 0.0)
+    assert compose("rl", ["algorithm=rloo"]).output_dir == "runs/rl/rloo/mean"
+
+
+def test_a_step_samples_each_prompt_group_size_times(toy_sft_dir, rm_dirs, tmp_path):
+    from rmopt.ppo import build_module
+
+    module = build_module(ppo_cfg(toy_sft_dir, rm_dirs, tmp_path, "algorithm=rloo", "algorithm.group_size=4", "rollout_batch_size=8"))
+    instructions, inputs = module.prompt_batch(0)
+    assert len(instructions) == 8
+    assert instructions[0:4] == [instructions[0]] * 4 and instructions[4:8] == [instructions[4]] * 4
+    assert inputs[0:4] == [inputs[0]] * 4
+    nxt, _ = module.prompt_batch(1)
+    assert nxt[0:4] == [nxt[0]] * 4
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_critic_free_runs_raise_an_easy_proxy(algorithm, toy_sft_dir, tmp_path):
+    from rmopt.models import ModelSource
+    from rmopt.modules.ppo import PPOModule
+    from rmopt.ppo import train
+
+    tok = ModelSource(name_or_path=str(toy_sft_dir)).load_tokenizer()
+    cfg = ppo_cfg(toy_sft_dir, "unused", tmp_path, f"algorithm={algorithm}", "trainer.max_steps=40", "eval_every=40",
+                  "rollout_batch_size=16", "kl_coef=0.0")
+    history, original = {}, PPOModule.on_train_end
+
+    def keep_history(self):
+        history["rows"] = list(self.history)
+        original(self)
+
+    PPOModule.on_train_end = keep_history
+    try:
+        train(cfg, ensemble=LengthReward(tok))
+    finally:
+        PPOModule.on_train_end = original
+    proxy = [h["proxy"] for h in history["rows"]]
+    early, late = np.mean(proxy[:8]), np.mean(proxy[-8:])
+    assert late > early + 0.15, (early, late)
+
+
+
+def test_grpo_with_a_kl_loss_resumes_bit_identically(toy_sft_dir, rm_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    from rmopt.ppo import train
+
+    common = ("algorithm=grpo", "algorithm.beta=0.1", "kl_coef=0.05", "eval_every=2", "checkpoint_every=2",
+              "seeds=[1,2]", "objective=wco")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(ppo_cfg(toy_sft_dir, rm_dirs, straight, "trainer.max_steps=4", *common))
+    train(ppo_cfg(toy_sft_dir, rm_dirs, resumed, "trainer.max_steps=2", *common))
+    half = load_file(resumed / "policy" / "model.safetensors")
+    train(ppo_cfg(toy_sft_dir, rm_dirs, resumed, "trainer.max_steps=4", "ckpt_path=last", *common))
+    a, b = load_file(straight / "policy" / "model.safetensors"), load_file(resumed / "policy" / "model.safetensors")
+    assert any(not torch.equal(half[k], b[k]) for k in b)  # it trained past the kill
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    import json
+
+    points = json.loads((straight / "results.json").read_text())["points"]
+    assert [p["step"] for p in points] == [0, 2, 4] and points[-1]["kl"] > 0  # the same eval files as PPO
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["algorithm=grpo", "algorithm.group_size=1"], "algorithm.group_size=1 is not valid for grpo; expected at least 2"),
+        (["algorithm=rloo", "rollout_batch_size=10"], "rollout_batch_size=10 is not a multiple of algorithm.group_size=4"),
+        (["algorithm=grpo", "algorithm.beta=-1"], "algorithm.beta=-1 is not valid"),
+    ],
+)
+def test_bad_algorithm_settings_are_one_line_errors(overrides, message, toy_sft_dir, rm_dirs, tmp_path):
+    from rmopt.ppo import build_module
+
+    with pytest.raises(RmoptError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_module(ppo_cfg(toy_sft_dir, rm_dirs, tmp_path, *overrides))
+
+
+def test_an_unknown_algorithm_is_a_one_line_cli_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rmopt.rl", "algorithm=sac", 'proxy_rm_path="x"',
+                             f"hydra.run.dir={tmp_path}/h"], capture_output=True, text=True)
+    lines = [line for line in result.stderr.strip().splitlines() if line]
+    assert result.returncode == 1 and len(lines) == 1 and "sac" in lines[0] and "algorithm" in lines[0], result.stderr
