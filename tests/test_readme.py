@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from rmopt.errors import check_overrides
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-ENTRY = {"rmopt-sft": "sft", "rmopt-pairs": "pairs", "rmopt-rm": "rm", "rmopt-bon": "bon", "rmopt-ppo": "ppo", "rmopt-ppo-gold": "ppo_gold"}
+ENTRY = {"rmopt-sft": "sft", "rmopt-pairs": "pairs", "rmopt-rm": "rm", "rmopt-bon": "bon", "rmopt-ppo": "ppo", "rmopt-ppo-gold": "ppo_gold",
+         "rmopt-rl": "rl", "rmopt-warm": "warm"}
 
 
 def readme_commands() -> list[str]:
