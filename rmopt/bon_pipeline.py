@@ -250,7 +250,7 @@ def generate_gold_gens(cfg, data, gold, output_dir: Path, device: str) -> Path:
         from rmopt.generation import encode_prompts
 
         prompt_ids = encode_prompts(tokenizer, instructions, inputs)
-        with _progress(cfg, len(todo) * per_part * N, "generating answers") as bar:
+        with _progress(cfg, sum(min(per_part, P - s) for s in todo) * N, "generating answers") as bar:
             for start in todo:
                 stop = min(P, start + per_part)
                 texts = _sample_part(cfg, model, tokenizer, prompt_ids[start:stop], N, start, device, bar)

@@ -220,3 +220,26 @@ def test_replicate_report_over_two_copies_of_a_demo(demo_dir, tmp_path):
     assert "over the 2 replicates" in report and (tmp_path / "overoptimization.png").exists()
     assert "mean +- 12.71 SE" in report  # Student's t for 1 degree of freedom, not 1.96
     assert "average of 2" in report and "(seeds [1, 2]; [1, 2])" in report
+
+
+@pytest.mark.slow  # six RL runs as console scripts: about 3 minutes (make test-full)
+def test_optimizers_study_reruns_the_demos_runs_with_only_the_algorithm_changed(demo_dir, tmp_path):
+    from omegaconf import OmegaConf
+
+    from experiments.kl_penalty import load_run
+    from experiments.optimizers import algorithm_overrides, train_all
+
+    assert algorithm_overrides("rloo") == ["++algorithm.name=rloo", "++algorithm.group_size=4"]
+    runs = train_all(demo_dir, tmp_path, ["ppo", "grpo"])
+    assert runs["ppo"]["wco"] == demo_dir / "ppo" / "wco"  # PPO's own runs are the demo's
+    assert set(runs["grpo"]) == {"single", "wco", "uwo", "warm"}
+    demo_cfg = OmegaConf.load(demo_dir / "ppo" / "wco" / "rmopt_config.yaml")
+    cfg = OmegaConf.load(runs["grpo"]["wco"] / "rmopt_config.yaml")
+    assert cfg.algorithm.name == "grpo" and cfg.algorithm.group_size == 4
+    for key in ("seeds", "objective", "kl_coef", "max_new_tokens", "rollout_batch_size", "normalise", "eval_prompts"):
+        assert cfg[key] == demo_cfg[key], key  # everything else as the demo ran
+    warm = OmegaConf.load(runs["grpo"]["warm"] / "rmopt_config.yaml")
+    assert warm.proxy_rm_path == str(tmp_path / "warm_rm") and list(warm.seeds) == [0]
+    for algorithm in ("ppo", "grpo"):
+        curve = load_run(runs[algorithm]["warm"])
+        assert curve["step"][0] == 0 and curve["kl"][0] == 0.0 and all(g == g for g in curve["gold_score"])  # gold-scored
