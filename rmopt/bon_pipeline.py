@@ -470,7 +470,7 @@ def score_members(
             "{seed}", [str(p) for p in paths], normalise=False, max_length=max_length, device=device
         )
         with _progress(
-            None, len(todo) * per_part * gens.N, f"proxy scores ({len(paths)} RMs)", enabled=progress
+            None, sum(min(per_part, gens.P - s) for s in todo) * gens.N, f"proxy scores ({len(paths)} RMs)", enabled=progress
         ) as bar:
             for start in todo:
                 stop = min(gens.P, start + per_part)
