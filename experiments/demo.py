@@ -138,9 +138,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
     say whether label noise causes the fall and whether a small KL penalty with an ensemble prevents it.
     Independent stages run side by side, one CPU core each.
     """
-    from rmopt.bon_pipeline import GENS_DIR
-
     from experiments.report import KL_EXTRA
+    from rmopt.bon_pipeline import GENS_DIR
 
     s = SETTINGS["quick" if quick else "full"]
     out.mkdir(parents=True, exist_ok=True)

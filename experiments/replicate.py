@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.demo import ROOT, run_demo  # noqa: E402
 from experiments.report import (  # noqa: E402
-    COMPARED,
     SINGLE,
     STAGES,
     demo_curves,

@@ -161,7 +161,7 @@ def table(targets: Mapping[str, Mapping], z: float) -> str:
     """A Markdown table of the targets: what, value +- z SE, the rule, met or not."""
     rule_text = {"at_least": ">= {:.3g}", "at_most": "<= {:.3g}", "above_zero": "interval above 0"}
     rows = []
-    for k, t in targets.items():
+    for t in targets.values():
         se = t.get("se", math.nan)
         value = f"{t['value']:.3f}" + ("" if not np.isfinite(se) else f" +- {z * se:.3f}")
         if "replicates" in t:

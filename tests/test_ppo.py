@@ -219,18 +219,12 @@ def test_run_gold_eval_and_resume(toy_sft_dir, rm_dirs, tmp_path):
     assert sorted(f.name for f in (resumed / "eval").glob("*.json")) == [f.name for f in files]
 
 
-def test_short_run_raises_an_easy_proxy_reward(toy_sft_dir, tmp_path):
-    from rmopt.models import ModelSource
+def train_with_history(cfg, ensemble) -> list[dict]:
+    """Train with ``ensemble`` as the proxy and return the module's per-step history."""
+    from rmopt.modules.ppo import PPOModule
     from rmopt.ppo import train
 
-    tok = ModelSource(name_or_path=str(toy_sft_dir)).load_tokenizer()
-    cfg = ppo_cfg(
-        toy_sft_dir, "unused", tmp_path, "trainer.max_steps=40", "eval_every=40", "rollout_batch_size=16", "kl_coef=0.0"
-    )
-    from rmopt.modules.ppo import PPOModule
-
-    history = {}
-    original = PPOModule.on_train_end
+    history, original = {}, PPOModule.on_train_end
 
     def keep_history(self):
         history["rows"] = list(self.history)
@@ -238,10 +232,20 @@ def test_short_run_raises_an_easy_proxy_reward(toy_sft_dir, tmp_path):
 
     PPOModule.on_train_end = keep_history
     try:
-        train(cfg, ensemble=LengthReward(tok))
+        train(cfg, ensemble=ensemble)
     finally:
         PPOModule.on_train_end = original
-    proxy = [h["proxy"] for h in history["rows"]]
+    return history["rows"]
+
+
+def test_short_run_raises_an_easy_proxy_reward(toy_sft_dir, tmp_path):
+    from rmopt.models import ModelSource
+
+    tok = ModelSource(name_or_path=str(toy_sft_dir)).load_tokenizer()
+    cfg = ppo_cfg(
+        toy_sft_dir, "unused", tmp_path, "trainer.max_steps=40", "eval_every=40", "rollout_batch_size=16", "kl_coef=0.0"
+    )
+    proxy = [h["proxy"] for h in train_with_history(cfg, LengthReward(tok))]
     assert len(proxy) == 40
     early, late = np.mean(proxy[:8]), np.mean(proxy[-8:])
     assert late > early + 0.15, (early, late)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose, save_stand_in_rms
-from test_ppo import LengthReward, ppo_cfg
+from test_ppo import LengthReward, ppo_cfg, train_with_history
 
 from rmopt.errors import RmoptError
 
@@ -46,24 +46,11 @@ def test_a_step_samples_each_prompt_group_size_times(toy_sft_dir, rm_dirs, tmp_p
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_critic_free_runs_raise_an_easy_proxy(algorithm, toy_sft_dir, tmp_path):
     from rmopt.models import ModelSource
-    from rmopt.modules.ppo import PPOModule
-    from rmopt.ppo import train
 
     tok = ModelSource(name_or_path=str(toy_sft_dir)).load_tokenizer()
     cfg = ppo_cfg(toy_sft_dir, "unused", tmp_path, f"algorithm={algorithm}", "trainer.max_steps=40", "eval_every=40",
                   "rollout_batch_size=16", "kl_coef=0.0")
-    history, original = {}, PPOModule.on_train_end
-
-    def keep_history(self):
-        history["rows"] = list(self.history)
-        original(self)
-
-    PPOModule.on_train_end = keep_history
-    try:
-        train(cfg, ensemble=LengthReward(tok))
-    finally:
-        PPOModule.on_train_end = original
-    proxy = [h["proxy"] for h in history["rows"]]
+    proxy = [h["proxy"] for h in train_with_history(cfg, LengthReward(tok))]
     early, late = np.mean(proxy[:8]), np.mean(proxy[-8:])
     assert late > early + 0.15, (early, late)
 

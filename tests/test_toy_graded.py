@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from rmopt.toy import graded
-
 from rmopt.toy.graded import (
     PENALTY_EXTRA,
     PENALTY_VIOLATION,

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from rmopt.prompts import ASSISTANT, EOS, PAD, PROMPTER
-from rmopt.toy import DEFAULT_WORLD, VOCAB_SIZES
-from rmopt.toy import get_world
+from rmopt.toy import DEFAULT_WORLD, VOCAB_SIZES, get_world
 
 
 def train_toy_tokenizer(vocab_size: int | None = None, seed: int = 12345, world: str = DEFAULT_WORLD):
