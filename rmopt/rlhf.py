@@ -383,15 +383,10 @@ def sequence_rewards(
     kl_estimator: str = "k1",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole answer's reward with the KL penalty folded in: ``score - kl_coef * sum_t kl_t`` (RLOO, and GRPO
-    with the KL as a reward penalty). Returns ``(rewards [B], sequence kl [B])``."""
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
-    m = _bool_mask(mask, logprobs)
-    kl = sequence_kl(kl_estimators(logprobs, ref_logprobs)[kl_estimator], m)
-    scores = torch.as_tensor(scores, dtype=kl.dtype, device=kl.device).reshape(-1)
-    if scores.shape[0] != kl.shape[0]:
-        raise ValueError(f"scores has {scores.shape[0]} entries for a batch of {kl.shape[0]}")
-    return scores - kl_coef * kl, kl
+    with the KL as a reward penalty): :func:`per_token_rewards` summed along each answer.
+    Returns ``(rewards [B], sequence kl [B])``."""
+    rewards, kl = per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, kl_estimator)
+    return rewards.sum(dim=-1), kl.sum(dim=-1)
 
 
 def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_estimator: str = "k3") -> torch.Tensor:
