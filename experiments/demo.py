@@ -59,12 +59,13 @@ def run(*args: str, log=None, jobs: int | None = None) -> None:
     print(f"  done in {time.time() - start:.0f} s  ({args[0]} {args[1] if len(args) > 1 else ''} ...)", flush=True)
 
 
-def lanes(*work) -> None:
-    """Run each lane (a function of no arguments that runs its stages in order) at the same time, one
-    CPU core each; the first failure is raised once every lane has stopped."""
+def lanes(*work, workers: int = 2) -> None:
+    """Run the lanes (functions of no arguments, each running its stages in order) ``workers`` at a time,
+    one CPU core each, the next starting as soon as one ends, in the order given; the first failure is
+    raised once every lane has stopped."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(len(work)) as pool:
+    with ThreadPoolExecutor(min(workers, len(work))) as pool:
         for future in [pool.submit(w) for w in work]:
             future.result()
 
@@ -160,13 +161,17 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
     else:
         reward_models(s, out, sft, label_noise, bootstrap, members, log=log, seed=seed)
 
-    def ppo(folder: str, kl: float, which: str, jobs: int) -> None:
-        common = [
+    def ppo_common(kl: float) -> list[str]:
+        return [
             *toy, f"model.name_or_path={sft}", f'proxy_rm_path="{rm}_seed{{seed}}"', f"kl_coef={kl}", "normalise=true",
             f"seed={seed}", f"trainer.max_steps={s['ppo_steps']}", f"eval_every={s['ppo_eval_every']}",
             f"rollout_batch_size={s['rollout']}", f"optimizer.lr={s['ppo_lr']}", f"eval_prompts={s['eval_prompts']}",
-            f"eval_samples={s['eval_samples']}", "logger=csv", "hydra/launcher=joblib",
+            f"eval_samples={s['eval_samples']}", "logger=csv",
         ]
+
+    def ppo(folder: str, kl: float, which: str, jobs: int | None) -> None:
+        """A folder's single-RM runs or ensemble runs as one sweep."""
+        common = [*ppo_common(kl), "hydra/launcher=joblib"]
         if which == "single":
             singles = ",".join(f"[{members[i - 1]}]" for i in s["ppo_singles"])
             run("rmopt-ppo", "-m", *common, f"seeds={singles}", "objective=single", f"output_dir={out}/{folder}/seed${{seeds.0}}",
@@ -174,6 +179,17 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
         else:
             run("rmopt-ppo", "-m", *common, f"seeds={seeds}", "objective=mean,wco,uwo", f"++objective.weight={uwo_weight}",
                 f"output_dir={out}/{folder}/${{objective.name}}", f"hydra.sweep.dir={out}/logs/{folder}-ensemble", log=log, jobs=jobs)
+
+    def ppo_runs(folder: str, kl: float) -> list:
+        """A folder's PPO runs one by one (the same runs as its two sweeps), so that they can fill free cores."""
+        single = [(f"seed{members[i - 1]}", [f"seeds=[{members[i - 1]}]", "objective=single"]) for i in s["ppo_singles"]]
+        ensemble = [(name, [f"seeds={seeds}", f"objective={name}", f"++objective.weight={uwo_weight}"])
+                    for name in ("mean", "wco", "uwo")]
+        return [
+            lambda name=name, args=args: run("rmopt-ppo", *ppo_common(kl), *args, f"output_dir={out}/{folder}/{name}",
+                                             f"hydra.run.dir={out}/logs/{folder}-{name}", log=log)
+            for name, args in single + ensemble
+        ]
 
     def gold(folder: str) -> None:
         run("rmopt-ppo-gold", f"run_dir={out}/{folder}/*", f"output_dir={out}/{folder}", f"hydra.run.dir={out}/logs/{folder}-gold", log=log)
@@ -184,14 +200,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
             best_of_n(s, out, sft, rm, members, uwo_weight, log=log, seed=seed)
             best_of_n(s, out, sft, rm_clean, members, uwo_weight, gold_gens=out / "bon" / GENS_DIR, log=log, seed=seed,
                       folder="bon_clean")
-            ppo("ppo", kl_coef, "ensemble", 1)
-            ppo(kl_folder, KL_EXTRA, "ensemble", 1)
 
-        def ppo_lane():
-            ppo("ppo", kl_coef, "single", 1)
-            ppo(kl_folder, KL_EXTRA, "single", 1)
-
-        lanes(bon_lane, ppo_lane)
+        lanes(bon_lane, *ppo_runs("ppo", kl_coef), *ppo_runs(kl_folder, KL_EXTRA))
         lanes(lambda: gold("ppo"), lambda: gold(kl_folder))
     else:
         best_of_n(s, out, sft, rm, members, uwo_weight, log=log, seed=seed)

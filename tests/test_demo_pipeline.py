@@ -243,3 +243,32 @@ def test_optimizers_study_reruns_the_demos_runs_with_only_the_algorithm_changed(
     for algorithm in ("ppo", "grpo"):
         curve = load_run(runs[algorithm]["warm"])
         assert curve["step"][0] == 0 and curve["kl"][0] == 0.0 and all(g == g for g in curve["gold_score"])  # gold-scored
+
+
+def test_lanes_run_at_most_workers_at_once_in_order_and_raise_the_first_failure():
+    import threading
+    import time as clock
+
+    from experiments.demo import lanes
+
+    lock, running, peak, started = threading.Lock(), [0], [0], []
+
+    def task(name, fail=False):
+        def work():
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+                started.append(name)
+            clock.sleep(0.05)
+            with lock:
+                running[0] -= 1
+            if fail:
+                raise RuntimeError(name)
+        return work
+
+    lanes(*[task(i) for i in range(5)], workers=2)
+    assert peak[0] == 2 and started[:2] in ([0, 1], [1, 0]) and sorted(started) == list(range(5))
+    started.clear()
+    with pytest.raises(RuntimeError, match="b"):
+        lanes(task("a"), task("b", fail=True), task("c"), workers=2)
+    assert sorted(started) == ["a", "b", "c"]  # every lane ran although one failed
