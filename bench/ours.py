@@ -106,19 +106,25 @@ def sft_rate(assets: Assets, batch_size: int, max_length: int, warmup: int, step
 
 
 def ppo_rate(assets: Assets, batch_size: int, new_tokens: int, epochs: int, warmup: int, steps: int,
-             workdir: Path) -> dict:
-    """PPOModule training steps (rollout, scoring, update) under the Trainer of conf/ppo.yaml: samples/s."""
+             workdir: Path, algorithm: str = "ppo", group_size: int = 1) -> dict:
+    """PPOModule training steps (rollout, scoring, update) under the Trainer of conf/ppo.yaml, or of conf/rl.yaml
+    with ``algorithm=grpo|rloo`` (``batch_size`` answers, ``group_size`` per prompt, KL off): answers/s."""
     import datasets
 
     from rmopt.ensemble import RewardEnsemble
     from rmopt.ppo import build_module
     from rmopt.stage import build_trainer
 
-    cfg = _compose("ppo", [*_trainer_overrides(assets, warmup + steps), f"proxy_rm_path={assets.rm_dir}",
-                           "seeds=[1]", f"rollout_batch_size={batch_size}", f"minibatch_size={batch_size}",
-                           f"ppo_epochs={epochs}", f"max_new_tokens={new_tokens}", "max_length=128",
-                           "num_layers_unfrozen=-1", "eval_every=0", "eval_prompts=0", "sample_every=0",
-                           "kl_coef=0.05", f"output_dir={workdir / 'ppo'}"], workdir)
+    if algorithm == "ppo":
+        config, extra = "ppo", ["kl_coef=0.05"]
+    else:  # as TRL's GRPOTrainer by default: no KL term, no reference model in the loss
+        config, extra = "rl", [f"algorithm={algorithm}", f"algorithm.group_size={group_size}", "kl_coef=0.0"]
+        extra += ["algorithm.beta=0.0"] if algorithm == "grpo" else []
+    cfg = _compose(config, [*_trainer_overrides(assets, warmup + steps), f"proxy_rm_path={assets.rm_dir}",
+                            "seeds=[1]", f"rollout_batch_size={batch_size}", f"minibatch_size={batch_size}",
+                            f"ppo_epochs={epochs}", f"max_new_tokens={new_tokens}", "max_length=128",
+                            "num_layers_unfrozen=-1", "eval_every=0", "eval_prompts=0", "sample_every=0",
+                            *extra, f"output_dir={workdir / config}"], workdir)
     prompts = json.loads(assets.prompts_json.read_text())
 
     class _Source:

@@ -12,7 +12,6 @@ created on first use: trl 0.29.1 is the last line with a PPO trainer) as subproc
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -37,8 +36,9 @@ from bench.common import (
     trl_python,
     write_results,
 )
+from rmopt.errors import ArgumentParser
 
-BENCHMARKS = ("bon", "bon_memory", "ensemble", "multihead", "rm", "sft", "ppo", "generation")
+BENCHMARKS = ("bon", "bon_memory", "ensemble", "multihead", "warm", "rm", "sft", "ppo", "grpo", "generation")
 
 
 @dataclass
@@ -63,6 +63,8 @@ class Sizes:
     ppo_epochs: int = 4
     ppo_warmup: int = 2
     ppo_steps: int = 5
+    grpo_group: int = 4  # answers per prompt (GRPO's group; the batch holds ppo_batch answers)
+    grpo_epochs: int = 1  # TRL GRPO's num_iterations default (one update per batch)
     gen_prompts: int = 4
     gen_n: int = 16
     gen_new_tokens: int = 32
@@ -77,7 +79,7 @@ MODEL_SIZES = {
 
 QUICK = Sizes(
     model="tiny", reps=1, bon_P=6, bon_N=64, bon_ref_prompts=(2, 4), memory_seeds=1, score_answers=12, score_batch=8,
-    members=2, train_batch=4, max_length=64, train_warmup=2, train_steps=2, ppo_batch=2, ppo_new_tokens=4,
+    members=2, train_batch=4, max_length=64, train_warmup=2, train_steps=2, ppo_batch=2, ppo_new_tokens=4, grpo_group=2,
     ppo_epochs=1, ppo_warmup=2, ppo_steps=2, gen_prompts=2, gen_n=2, gen_new_tokens=4, gen_batch=4,
 )
 
@@ -229,6 +231,36 @@ class Bench:
                        f"same texts as the ensemble row; one trunk with a {s.members}-output head vs one RM "
                        f"(1 output); ratio = one RM time / multi-head time", "ratio >= 0.83 (cost <= 1.2x one RM)")]
 
+    def warm(self) -> list[Result]:
+        import torch
+
+        from bench.ours import reward_models, score_ensemble
+        from rmopt.ensemble import RewardEnsemble
+        from rmopt.models import ModelSource
+        from rmopt.warm import average_weights
+
+        s = self.s
+        tok = ModelSource(name_or_path=str(self.assets.rm_dir)).load_tokenizer()
+        members = reward_models(self.assets, s.members)
+        merged = reward_models(self.assets, 1)[0]
+        merged.load_state_dict(average_weights([m.state_dict() for m in members], [f"member {i}" for i in range(s.members)]))
+        ens, one = RewardEnsemble(members, tok, max_length=s.max_length), RewardEnsemble([merged], tok, max_length=s.max_length)
+        texts = self._texts(s.score_answers)
+        assert score_ensemble(one, texts, s.score_batch).shape[0] == 1
+        with torch.inference_mode():  # members here differ by their heads only, so the merged score is their mean
+            assert torch.allclose(score_ensemble(one, texts, s.score_batch)[0],
+                                  score_ensemble(ens, texts, s.score_batch).mean(0), atol=1e-4)
+        ours_t, peer_t = [], []
+        for _ in range(max(s.reps, 5) if s.reps > 1 else 1):
+            ours_t.append(timed(score_ensemble, one, texts, s.score_batch)[0])
+            peer_t.append(timed(score_ensemble, ens, texts, s.score_batch)[0])
+        o, p = median(ours_t), median(peer_t)
+        return [Result(f"WARM scoring vs its {s.members} members", o, p, "s", ratio_of(o, p, False),
+                       f"same texts as the ensemble row; ours = one reward model whose weights are the uniform average "
+                       f"of {s.members} members' (rmopt.warm.average_weights) under RewardEnsemble.score; peer = the "
+                       f"{s.members} members scored as an ensemble (RewardEnsemble.score, shared tokenization)",
+                       f">= {0.6 * s.members:.1f}x (most of the {s.members}x fewer forward passes)")]
+
     # ------------------------------------------------------------------ training
     def _peer_common(self, name: str) -> dict:
         a = self.assets
@@ -332,6 +364,29 @@ class Bench:
                        extra={"MFU ours": self.mfu(flops(o)), "MFU peer": self.mfu(flops(p)),
                               "mean prompt tokens": prompt_len})]
 
+    def grpo(self) -> list[Result]:
+        from bench.ours import ppo_rate
+
+        s, a = self.s, self.assets
+        args = {**self._peer_common("grpo"), "batch_size": s.ppo_batch, "group_size": s.grpo_group,
+                "new_tokens": s.ppo_new_tokens, "epochs": s.grpo_epochs, "warmup": s.ppo_warmup, "steps": s.ppo_steps}
+        ours_r, peer_r = [], []
+        for rep in range(s.reps):
+            ours_r.append(ppo_rate(a, s.ppo_batch, s.ppo_new_tokens, s.grpo_epochs, s.ppo_warmup, s.ppo_steps,
+                                   self.work / f"grpo{rep}", algorithm="grpo", group_size=s.grpo_group)["samples_per_s"])
+            peer = self.peer("trl_grpo.py", args)
+            if peer:
+                peer_r.append(peer["samples_per_s"])
+        o, p = median(ours_r), median(peer_r)
+        return [Result("GRPO end to end", o, p, "samples/s", ratio_of(o, p, True),
+                       f"{a.model} policy, its RM shape as reward model, batch {s.ppo_batch} answers = "
+                       f"{s.ppo_batch // s.grpo_group} prompts x group {s.grpo_group}, {s.ppo_new_tokens} new tokens, "
+                       f"{s.grpo_epochs} update per batch, KL term off (TRL's default beta 0), full policy trained, fp32; "
+                       f"ours = PPOModule with algorithm=grpo under the Lightning Trainer of conf/rl.yaml (no value "
+                       f"head; it still scores the reference for the KL it reports); peer = TRL {self._trl_version()} "
+                       f"GRPOTrainer (steps_per_generation 1, num_iterations {s.grpo_epochs}); {s.ppo_warmup} warm-up "
+                       f"+ {s.ppo_steps} timed batches", ">= 1.5x")]
+
     def generation(self) -> list[Result]:
         from transformers import AutoModelForCausalLM
 
@@ -380,7 +435,7 @@ def _shown(argv: list[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma list of {', '.join(BENCHMARKS)}")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per side (default 3)")
     parser.add_argument("--model", default=None, help="toy-small (default) or pythia-70m-shape")

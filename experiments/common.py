@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rmopt.errors import RmoptError  # noqa: E402
+from rmopt.errors import ArgumentParser, RmoptError  # noqa: E402
 
 OBJECTIVES = ("mean", "wco", "uwo")
 
@@ -30,7 +30,7 @@ OBJECTIVES = ("mean", "wco", "uwo")
 
 def parse_args(doc: str, study: str, extra=None) -> argparse.Namespace:
     """``--demo`` (a finished demo folder) and ``--out`` (default ``<demo>/studies/<study>``), plus extras."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", default="runs/demo", help="the demo output folder to reuse (default runs/demo)")
     parser.add_argument("--out", default=None, help=f"output folder (default <demo>/studies/{study})")
     if extra:

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
+from rmopt.errors import ArgumentParser  # noqa: E402
+
 SETTINGS = {
     # quick: a tiny world to see every stage work (a few minutes)
     "quick": dict(
@@ -109,7 +111,7 @@ def best_of_n(s: dict, out: Path, sft: Path, rm: Path, members, uwo_weight: floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny models, few steps (a few minutes)")
     parser.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-quick)")
     parser.add_argument("--seed", type=int, default=0,

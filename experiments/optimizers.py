@@ -6,7 +6,7 @@ trains the demo's PPO runs of the first single RM, WCO and UWO again with only t
 (its settings read from conf/algorithm/<name>.yaml, every other setting the demo's saved config),
 plus a run against WARM (the demo's members weight-averaged by rmopt-warm); the demo's own PPO runs
 serve as PPO's, gold-scores everything (rmopt-ppo-gold) and draws gold against KL with 95% bands.
-Expensive: 9 RL runs (a few minutes each with the demo's sizes on 2 CPU cores).
+Expensive: 9 RL runs (about 2.5 minutes each with the demo's sizes, two at a time on 2 CPU cores).
 
 Run:  python experiments/optimizers.py --demo runs/demo [--algorithms ppo,grpo,rloo] [--verbose]
 Writes <out>/warm_rm/ (the WARM model), <out>/<algorithm>/{single,wco,uwo,warm}/ (RL runs),
@@ -75,9 +75,15 @@ def warm_model(demo: Path, out: Path, log=None) -> Path:
 
 
 def train_all(demo: Path, out: Path, algorithms, log=None) -> dict[str, dict[str, Path]]:
-    """Every (algorithm, reward) run; PPO's single / WCO / UWO are the demo's own."""
+    """Every (algorithm, reward) run, ``RMOPT_JOBS`` (default 2) at a time, one CPU core each; PPO's single / WCO /
+    UWO are the demo's own."""
+    import os
+
+    from experiments.demo import lanes
+
     base, warm = demo_runs(demo), warm_model(demo, out, log)
     runs: dict[str, dict[str, Path]] = {}
+    tasks = []
     for algorithm in algorithms:
         runs[algorithm] = {}
         for reward in REWARDS:
@@ -89,8 +95,10 @@ def train_all(demo: Path, out: Path, algorithms, log=None) -> dict[str, dict[str
             source = base["single"] if reward == "warm" else base[reward]
             if reward == "warm":  # the single-RM run with the averaged model as its one RM
                 changes += [f'proxy_rm_path="{warm}"', "seeds=[0]"]
-            rerun("rmopt-rl", source, folder, *changes, log=log)
+            tasks.append(lambda source=source, folder=folder, changes=changes: rerun("rmopt-rl", source, folder, *changes, log=log))
             runs[algorithm][reward] = folder
+    lanes(*tasks, workers=int(os.environ.get("RMOPT_JOBS", "2")))
+    for algorithm in algorithms:
         trained = [str(p) for r, p in runs[algorithm].items() if not (algorithm == "ppo" and r != "warm")]
         if trained:
             run_cli("rmopt-ppo-gold", f"run_dirs=[{','.join(trained)}]", f"output_dir={out / algorithm}",

@@ -11,7 +11,9 @@ reward models, best-of-n sampling, PPO; replicate r runs `experiments/demo.py --
 - `<out>/report.md`: the report, its statements computed from these numbers.
 
 Run:  python experiments/replicate.py --replicates 3 --out runs/replicates [--quick]
-A rerun skips every stage already done and only redraws.
+A rerun skips every stage already done (same config) and redraws; `--report-only` runs nothing and only
+redraws from the finished replicate folders (e.g. after replicates were run one by one with
+`experiments/demo.py --seed r-1 --out <out>/rep<r>`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from experiments.report import (  # noqa: E402
     report_text,
 )
 from experiments.targets import over_replicates, with_verdicts  # noqa: E402
+from rmopt.errors import ArgumentParser  # noqa: E402
 from rmopt.stats import standard_error  # noqa: E402
 from rmopt.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -142,17 +145,28 @@ def write_replicate_report(out: Path, reps: Sequence[Path]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicates", type=int, default=3, help="K, the number of independent replicates (default 3)")
     parser.add_argument("--out", default="runs/replicates", help="output folder (default runs/replicates)")
     parser.add_argument("--quick", action="store_true", help="the quick demo's sizes")
     parser.add_argument("--verbose", action="store_true", help="show each stage's own output")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the summary, figure and report from the finished rep1..repK in --out")
     args = parser.parse_args()
     if args.replicates < 2:
         parser.error(f"--replicates {args.replicates}: expected at least 2 (a standard error needs two replicates)")
     out = Path(args.out)
     out = out if out.is_absolute() else ROOT / out
     start = time.time()
+    if args.report_only:
+        reps = [out / f"rep{r}" for r in range(1, args.replicates + 1)]
+        missing = [str(rep / "summary.json") for rep in reps if not (rep / "summary.json").is_file()]
+        if missing:
+            parser.error(f"--report-only: no finished replicate at {missing[0]}; expected rep1 ... rep{args.replicates} "
+                         "each holding a demo's summary.json (run without --report-only first)")
+        write_replicate_report(out, reps)
+        print(f"summary: {out / 'summary.json'}\nreport:  {out / 'report.md'}")
+        return
     reps = []
     for r in range(1, args.replicates + 1):
         print(f"\n=== replicate {r} of {args.replicates} (seed {r - 1}) ===", flush=True)

@@ -24,14 +24,13 @@ json): the 7B weights are never held twice in memory. Anything but the keys abov
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from rmopt.errors import RmoptError
+from rmopt.errors import ArgumentParser, RmoptError
 
 SCORE_BIAS_KEY = "score_bias"  # config.json field read by rmopt.gold.HFGoldReward
 TRUNK_PREFIX = "backbone_model.model."
@@ -284,7 +283,7 @@ def _classifier_config(backbone):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rmopt-convert-alpacafarm-rm",
         description="Convert AlpacaFarm's recovered reward model (e.g. reward-model-human) into a one-output "
         "LlamaForSequenceClassification folder for gold=alpaca_farm gold.name_or_path=OUTPUT_DIR.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import re
@@ -309,3 +310,12 @@ def cli_errors(fn):
             sys.exit(1)
 
     return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the project's plain scripts: a bad option or value is one line on stderr and exit 1
+    (argparse's own default is the usage text and exit 2)."""
+
+    def error(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)

@@ -76,8 +76,8 @@ def test_quick_bench_runs_our_side_and_writes_results(tmp_path):
     for r in records.values():
         assert r["ours"] is not None and r["ours"] > 0, r
         assert r["unit"] and r["setup"]
-    trl = [n for n in records if n.startswith(("RM training", "SFT training", "PPO"))]
-    assert len(trl) == 3 and all(records[n]["peer"] is None and records[n]["ratio"] is None for n in trl)
+    trl = [n for n in records if n.startswith(("RM training", "SFT training", "PPO", "GRPO"))]
+    assert len(trl) == 4 and all(records[n]["peer"] is None and records[n]["ratio"] is None for n in trl)
     # peers that need no extra library ran, and ratio follows the unit's direction
     for name, r in records.items():
         if name not in trl:

@@ -272,3 +272,24 @@ def test_lanes_run_at_most_workers_at_once_in_order_and_raise_the_first_failure(
     with pytest.raises(RuntimeError, match="b"):
         lanes(task("a"), task("b", fail=True), task("c"), workers=2)
     assert sorted(started) == ["a", "b", "c"]  # every lane ran although one failed
+
+
+def test_replicate_report_only_redraws_from_finished_folders_and_refuses_a_missing_one(demo_dir, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from experiments.report import write_report
+
+    settings = dict(model="toy-tiny", sft_steps=150, pairs=256, rm_steps=16, bon_prompts=6, big_n=8, ppo_steps=4,
+                    label_noise=0.25, bootstrap=True, kl_coef=0.0, uwo_weight=0.5, members=[1, 2], minutes=0.0, seed=0)
+    write_report(demo_dir, settings)
+    for r in (1, 2):
+        shutil.copytree(demo_dir, tmp_path / f"rep{r}")
+    script = [sys.executable, "experiments/replicate.py", "--out", str(tmp_path), "--report-only"]
+    bad = subprocess.run([*script, "--replicates", "3"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "rep3/summary.json" in bad.stderr and not (tmp_path / "summary.json").exists()
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    ok = subprocess.run([*script, "--replicates", "2"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["settings"]["replicates"] == 2

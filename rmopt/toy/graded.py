@@ -503,10 +503,11 @@ def calibration(noise: float = DEFAULT_SFT_NOISE, prompts: int = 200, N: int = 5
 
 
 if __name__ == "__main__":
-    import argparse
     import json
 
-    parser = argparse.ArgumentParser(description=calibration.__doc__)
+    from rmopt.errors import ArgumentParser
+
+    parser = ArgumentParser(description=calibration.__doc__)
     parser.add_argument("--noise", type=float, default=DEFAULT_SFT_NOISE)
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--N", type=int, default=512)
