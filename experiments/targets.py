@@ -46,6 +46,9 @@ RULES = {  # name -> (rule, threshold, what it says)
     "ppo_kl_single_drop": ("above_zero", 0.0, "PPO at KL 0.01, single RMs: drop from the cross-fitted peak"),
     **{f"ppo_kl_{o}_drop_ratio": ("at_most", 1 / 3, f"PPO at KL 0.01: {o.upper()} drop / single RMs' drop") for o in MITIGATORS},
 }
+# A ratio to the single RMs' PPO drop at KL 0.01 says "at most a third of it" only once that drop is there
+# (its interval above zero, as the target states): until then the ratio's target is not met.
+REQUIRES = {f"ppo_kl_{o}_drop_ratio": "ppo_kl_single_drop" for o in MITIGATORS}
 
 
 def world_stats(bon_dir: str | Path, ns: Sequence[int]) -> dict:
@@ -153,6 +156,9 @@ def with_verdicts(targets: Mapping[str, Mapping], z: float) -> dict[str, dict]:
         met = judge(k, t["value"], t["se"], z)
         if k == "bon_single_peak_n" and "replicates" in t:  # a location: every replicate's peak must be late
             met = all(v >= threshold for v in t["replicates"])
+        needs = REQUIRES.get(k)
+        if needs in targets and not judge(needs, targets[needs]["value"], targets[needs]["se"], z):
+            met, what = False, f"{what} (needs: {RULES[needs][2]}, interval above 0)"
         out[k] = {**t, "rule": rule, "threshold": threshold, "what": what, "met": bool(met)}
     return out
 

@@ -61,6 +61,17 @@ def test_rules_are_judged_on_the_estimate_or_the_interval():
     assert not with_verdicts(measure(summary, curves), z=1.96)["noise_drop_excess"]["met"]
 
 
+def test_a_ppo_drop_ratio_needs_the_single_rms_drop_to_be_there():
+    from experiments.targets import measure, with_verdicts
+
+    summary, curves = _summary()
+    assert with_verdicts(measure(summary, curves), z=1.96)["ppo_kl_uwo_drop_ratio"]["met"]  # -0.08 <= 1/3, drop 0.12 +- 0.059
+    # the same ratio, but the single RMs' drop 0.12 +- 5.0 * 0.03 = 0.12 +- 0.15 does not clear zero
+    t = with_verdicts(measure(summary, curves), z=5.0)
+    assert not t["ppo_kl_single_drop"]["met"] and not t["ppo_kl_uwo_drop_ratio"]["met"]
+    assert t["ppo_kl_uwo_drop_ratio"]["value"] <= 1 / 3 and "needs:" in t["ppo_kl_uwo_drop_ratio"]["what"]
+
+
 def test_a_ratio_to_a_drop_that_is_not_positive_is_undefined_and_unmet():
     from experiments.targets import measure, with_verdicts
 
