@@ -57,6 +57,11 @@ def run(*args: str, log=None, jobs: int | None = None) -> None:
     start = time.time()
     jobs = os.environ.get("RMOPT_JOBS", "2") if jobs is None else str(jobs)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RMOPT_JOBS": jobs}
+    if not (BIN / args[0]).exists():
+        from rmopt.errors import RmoptError
+
+        raise RmoptError(f"console script {args[0]!r} is not in {BIN}; expected the project installed there "
+                         "(make install, or pip install -e . after pulling new stages)")
     subprocess.run([str(BIN / args[0]), *args[1:]], check=True, cwd=ROOT, env=env, stdout=log, stderr=log)
     print(f"  done in {time.time() - start:.0f} s  ({args[0]} {args[1] if len(args) > 1 else ''} ...)", flush=True)
 
@@ -223,4 +228,6 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.common import study_main
+
+    study_main(main)

@@ -177,4 +177,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.common import study_main
+
+    study_main(main)

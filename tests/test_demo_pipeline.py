@@ -293,3 +293,11 @@ def test_replicate_report_only_redraws_from_finished_folders_and_refuses_a_missi
     ok = subprocess.run([*script, "--replicates", "2"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["settings"]["replicates"] == 2
+
+
+def test_a_stage_that_is_not_installed_is_named_in_a_user_error():
+    from experiments.demo import run
+    from rmopt.errors import RmoptError
+
+    with pytest.raises(RmoptError, match="'rmopt-no-such-stage' is not in .*make install"):
+        run("rmopt-no-such-stage", "seed=1")
