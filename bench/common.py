@@ -16,7 +16,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PEERS_DIR = BENCH_DIR / "peers"
 TRL_VENV = BENCH_DIR / "venv-trl"
 # TRL 0.29.1 is the last line with a PPO trainer (trl.experimental.ppo); it has RewardTrainer and SFTTrainer too.
-TRL_PACKAGES = ("torch==2.13.0", "transformers==5.24.0", "trl==0.29.1", "datasets", "accelerate", "numpy")
+TRL_PACKAGES = ("torch==2.13.0", "transformers==5.24.0", "trl==0.29.1", "datasets", "accelerate", "numpy", "requests")
 
 # Model shapes (random init, the toy tokenizer): toy-small is conf/model/toy-small.yaml.
 MODELS = {
@@ -122,7 +122,7 @@ def trl_python(create: bool = True) -> Path | None:
 
 
 def _imports_trl(py: Path) -> bool:
-    code = "import trl, transformers; from trl.experimental.ppo import PPOTrainer"
+    code = "import trl, transformers; from trl.experimental.ppo import PPOTrainer; from trl import GRPOTrainer"
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"}
     return subprocess.run([str(py), "-c", code], capture_output=True, env=env).returncode == 0
 

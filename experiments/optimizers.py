@@ -137,15 +137,16 @@ def main() -> None:
         for reward, run in by_reward.items():
             curves[algorithm][reward] = load_run(run)
             st = gold_stats(curves[algorithm][reward], "kl")
-            rows.append(stats_row(st, "kl_final", "gold_start", "gold_max", "kl_at_max", "gold_final", "drop", "proxy_final",
-                                  algorithm=algorithm, reward=reward))
+            rows.append(stats_row(st, "kl_final", "gold_start", "gold_max", "kl_at_max", "gold_final", "rise_cv", "drop_cv",
+                                  "proxy_final", algorithm=algorithm, reward=reward))
     png = figure(curves, args.out / f"{STUDY}.png", "Gold score against KL by optimizer and reward (bands: 95% over prompts)")
     js = write_json(args.out / f"{STUDY}.json", {
         "demo": str(args.demo), "runs": {a: {r: str(p) for r, p in v.items()} for a, v in runs.items()},
         "summary": rows, "curves": curves,
     })
-    print_table(rows, ["algorithm", "reward", "kl_final", "gold_start", "gold_max", "kl_at_max", "gold_final", "drop", "proxy_final"],
-                "Gold by optimizer and reward (final = last eval step):")
+    print_table(rows, ["algorithm", "reward", "kl_final", "gold_start", "gold_max", "kl_at_max", "gold_final", "rise_cv", "drop_cv",
+                       "proxy_final"],
+                "Gold by optimizer and reward (final = last eval step; rise_cv / drop_cv: to and from the cross-fitted peak):")
     print(f"wrote {js}\n      {png}")
 
 
