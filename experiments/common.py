@@ -226,10 +226,12 @@ def print_table(rows: Sequence[Mapping], columns: Sequence[str], title: str = ""
         print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
 
 
-def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: int | None = None) -> Path:
+def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: int | None = None,
+                sharey: bool = False) -> Path:
     """One PNG of several panels. A panel: {"title", "xlabel", "ylabel", "log_x" (bool) or "symlog_x"
     (its linear threshold), "lines": [{"x", "y", "label",
-    and optional "se" (a +-1.96 SE band) and "style" (matplotlib kwargs)}]}. Written atomically."""
+    and optional "se" (a +-1.96 SE band) and "style" (matplotlib kwargs)}]}; ``sharey``: one y scale for
+    all panels. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,7 +241,7 @@ def save_figure(panels: Sequence[Mapping], path: Path, title: str = "", ncols: i
 
     ncols = ncols or min(3, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False, sharey=sharey)
     for ax, panel in zip(axes.ravel(), panels, strict=False):
         for line in panel["lines"]:
             (drawn,) = ax.plot(line["x"], line["y"], label=line.get("label"), **{"marker": ".", **line.get("style", {})})

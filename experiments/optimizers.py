@@ -113,7 +113,7 @@ def figure(curves: dict, path: Path, title: str) -> Path:
                   "style": {"linestyle": STYLES.get(algorithm, "-"), "color": COLORS[reward]}}
                  for reward, c in curves[algorithm].items()]
         panels.append({"title": algorithm.upper(), "xlabel": "KL(policy || initial)", "ylabel": "gold score", "lines": lines})
-    return save_figure(panels, path, title, ncols=len(panels))
+    return save_figure(panels, path, title, ncols=len(panels), sharey=True)  # the optimizers side by side on one gold scale
 
 
 def main() -> None:
