@@ -179,6 +179,14 @@ class Bench:
                               "peer_s": lists["seconds"], "shard_bytes": written["bytes"]})]
 
     # ------------------------------------------------------------------ scoring
+    def _alternate(self, ours, peer) -> tuple[float, float]:
+        """Median seconds of ``ours()`` and ``peer()`` run in turn (at least 5 times each unless --reps 1)."""
+        ours_t, peer_t = [], []
+        for _ in range(max(self.s.reps, 5) if self.s.reps > 1 else 1):
+            ours_t.append(timed(ours)[0])
+            peer_t.append(timed(peer)[0])
+        return median(ours_t), median(peer_t)
+
     def _texts(self, count: int) -> dict:
         prompts = json.loads(self.assets.prompts_json.read_text())
         rows = [prompts[j % len(prompts)] for j in range(count)]
@@ -201,11 +209,8 @@ class Bench:
         a = score_ensemble(ens, texts, s.score_batch)
         b = score_one_after_another(models, tok, texts, s.max_length, s.score_batch)
         assert torch.allclose(a, b, atol=1e-4), f"ensemble and sequential scores differ by {(a - b).abs().max()}"
-        ours_t, peer_t = [], []
-        for _ in range(max(s.reps, 5) if s.reps > 1 else 1):
-            ours_t.append(timed(score_ensemble, ens, texts, s.score_batch)[0])
-            peer_t.append(timed(score_one_after_another, models, tok, texts, s.max_length, s.score_batch)[0])
-        o, p = median(ours_t), median(peer_t)
+        o, p = self._alternate(lambda: score_ensemble(ens, texts, s.score_batch),
+                               lambda: score_one_after_another(models, tok, texts, s.max_length, s.score_batch))
         return [Result(f"scoring with a {s.members}-member ensemble", o, p, "s", ratio_of(o, p, False),
                        f"{s.score_answers} (prompt, answer) texts, batches of {s.score_batch}, max_length {s.max_length}, "
                        f"{self.assets.model}; ours = RewardEnsemble.score; peer = each member tokenizes, pads and "
@@ -222,11 +227,7 @@ class Bench:
         one = RewardEnsemble(reward_models(self.assets, 1, heads=1), tok, max_length=s.max_length)
         texts = self._texts(s.score_answers)
         assert score_ensemble(multi, texts, s.score_batch).shape[0] == s.members
-        ours_t, peer_t = [], []
-        for _ in range(max(s.reps, 5) if s.reps > 1 else 1):
-            ours_t.append(timed(score_ensemble, multi, texts, s.score_batch)[0])
-            peer_t.append(timed(score_ensemble, one, texts, s.score_batch)[0])
-        o, p = median(ours_t), median(peer_t)
+        o, p = self._alternate(lambda: score_ensemble(multi, texts, s.score_batch), lambda: score_ensemble(one, texts, s.score_batch))
         return [Result(f"multi-head {s.members}-member ensemble vs one RM", o, p, "s", ratio_of(o, p, False),
                        f"same texts as the ensemble row; one trunk with a {s.members}-output head vs one RM "
                        f"(1 output); ratio = one RM time / multi-head time", "ratio >= 0.83 (cost <= 1.2x one RM)")]
@@ -250,11 +251,7 @@ class Bench:
         with torch.inference_mode():  # members here differ by their heads only, so the merged score is their mean
             assert torch.allclose(score_ensemble(one, texts, s.score_batch)[0],
                                   score_ensemble(ens, texts, s.score_batch).mean(0), atol=1e-4)
-        ours_t, peer_t = [], []
-        for _ in range(max(s.reps, 5) if s.reps > 1 else 1):
-            ours_t.append(timed(score_ensemble, one, texts, s.score_batch)[0])
-            peer_t.append(timed(score_ensemble, ens, texts, s.score_batch)[0])
-        o, p = median(ours_t), median(peer_t)
+        o, p = self._alternate(lambda: score_ensemble(one, texts, s.score_batch), lambda: score_ensemble(ens, texts, s.score_batch))
         return [Result(f"WARM scoring vs its {s.members} members", o, p, "s", ratio_of(o, p, False),
                        f"same texts as the ensemble row; ours = one reward model whose weights are the uniform average "
                        f"of {s.members} members' (rmopt.warm.average_weights) under RewardEnsemble.score; peer = the "
