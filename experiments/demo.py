@@ -7,7 +7,7 @@ the CLI, then writes `<out>/summary.json` and `<out>/report.md` with the figures
 2. gold-labelled preference pairs (25% noise; and clean) rmopt-pairs
 3. a 5-seed reward-model ensemble on each            rmopt-rm -m seed=1,2,3,4,5 hydra/launcher=joblib
 4. best-of-n for every member, mean, WCO and UWO     rmopt-bon  (bon/, and bon_clean/ on the same answers)
-5. PPO with single RMs and with mean/WCO/UWO         rmopt-ppo -m ...  (ppo/ and ppo_kl0.01/)
+5. PPO with single RMs and with mean/WCO/UWO         rmopt-ppo ...  (ppo/ and ppo_kl0.01/; -m sweeps with --no-controls)
 6. gold evaluation of the PPO runs                   rmopt-ppo-gold
 
 Independent stages run side by side, one CPU core each; `--no-controls` skips the clean-label and
