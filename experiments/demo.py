@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from rmopt.errors import ArgumentParser  # noqa: E402
+from rmopt.errors import ArgumentParser, RmoptError  # noqa: E402
 
 SETTINGS = {
     # quick: a tiny world to see every stage work (a few minutes)
@@ -58,8 +58,6 @@ def run(*args: str, log=None, jobs: int | None = None) -> None:
     jobs = os.environ.get("RMOPT_JOBS", "2") if jobs is None else str(jobs)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RMOPT_JOBS": jobs}
     if not (BIN / args[0]).exists():
-        from rmopt.errors import RmoptError
-
         raise RmoptError(f"console script {args[0]!r} is not in {BIN}; expected the project installed there "
                          "(make install, or pip install -e . after pulling new stages)")
     subprocess.run([str(BIN / args[0]), *args[1:]], check=True, cwd=ROOT, env=env, stdout=log, stderr=log)
