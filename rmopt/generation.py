@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from rmopt.data.collate import pad
+from rmopt.decode import decoder_for
 from rmopt.prompts import format_prompt
 
 
@@ -45,8 +46,8 @@ def sample_ids(
     ``max_new_tokens`` may be one budget per row (e.g. what a length limit leaves after each prompt),
     so a long prompt does not shorten the other answers of its batch.
 
-    A plain loop over new tokens on the model's own cache: no per-step logits-processor machinery,
-    which dominates the cost for small models.
+    A plain loop over new tokens on a KV cache (:func:`rmopt.decode.decoder_for`: by hand for GPT-NeoX, with the
+    model's own logits): no per-step logits-processor machinery, which dominates the cost for small models.
     """
     device = next(model.parameters()).device
     input_ids = pad(prompt_ids, pad_token_id, side="left").to(device)
@@ -60,13 +61,12 @@ def sample_ids(
     out = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     lengths = caps.clone()  # tokens of each answer: its budget unless it samples EOS first
-    cache, key = None, _cache_keyword(model)
-    step_ids, step_pos = input_ids, position_ids
+    decoder = decoder_for(model)
+    logits = decoder.prefill(input_ids, attention_mask, position_ids, max_new_tokens - 1).float()
+    step_pos = position_ids
     for t in range(max_new_tokens):
-        result = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos, use_cache=True,
-                       **{key: cache})
-        cache = getattr(result, key)
-        logits = result.logits[:, -1, :].float()
+        if t:
+            logits = decoder.step(step_ids, attention_mask, step_pos).float()
         next_ids = _sample(logits, temperature, top_p, generator)
         next_ids = torch.where(done, torch.full_like(next_ids, pad_token_id), next_ids)
         out[:, t] = next_ids
@@ -80,24 +80,6 @@ def sample_ids(
         step_pos = step_pos[:, -1:] + 1
         attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
     return [row[:n] for row, n in zip(out.tolist(), lengths.tolist(), strict=True)]
-
-
-def _cache_keyword(model) -> str:
-    """The KV cache's name in a model's forward and output: ``cache`` from transformers 5.24 on,
-    ``past_key_values`` before (the name the model's signature shows; else the installed version's)."""
-    import inspect
-
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        params = {}
-    for key in ("cache", "past_key_values"):
-        if key in params:
-            return key
-    import transformers
-    from packaging.version import Version
-
-    return "cache" if Version(transformers.__version__) >= Version("5.24.0.dev0") else "past_key_values"
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:

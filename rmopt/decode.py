@@ -1,0 +1,158 @@
+"""KV-cached decoding for GPT-NeoX without the per-call framework around it, with the model's numbers.
+
+Sampling runs the policy's forward once per new token. For the toy models (1M parameters, a batch
+of 8-256 rows, one token each) the arithmetic of a step is a fraction of its cost: the rest is the
+machinery of a general forward (module calls and hooks, config look-ups, the cache object, the
+causal-mask builder, output classes). :class:`NeoXDecoder` runs the prompt through the model's own
+forward once, then each new token through the same tensor operations as transformers'
+``GPTNeoXModel.forward`` with SDPA attention, in the same order, on the same cached keys and
+values. The logits are therefore the model's own, bit for bit (tested against its cached forward);
+models it does not follow keep their own forward (:func:`decoder_for` gives a :class:`CachedForward`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class NeoXDecoder:
+    """Prefill with the model's forward, then one token at a time by hand; call :meth:`prefill` first."""
+
+    def __init__(self, model):
+        base = model.base_model
+        self.model = model
+        self.embed = base.embed_in.weight
+        self.layers = base.layers
+        self.final_norm = base.final_layer_norm
+        self.head = model.get_output_embeddings()
+        self.inv_freq = base.rotary_emb.inv_freq
+        self.rope_scaling = base.rotary_emb.attention_scaling
+        attention = self.layers[0].attention
+        self.heads = model.config.num_attention_heads
+        self.head_size = attention.head_size
+        self.rotary_ndims = attention.rotary_ndims
+        self.scaling = attention.scaling
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def prefill(self, input_ids, attention_mask, position_ids, new_tokens: int) -> torch.Tensor:
+        """The prompts' forward (the model's own); returns the last position's logits [B, V] and keeps the cache,
+        in buffers with room for ``new_tokens`` more positions."""
+        result = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        cache = result.cache if hasattr(result, "cache") else result.past_key_values
+        self.length = input_ids.size(1)
+        self.keys, self.values = [], []
+        for layer in cache.layers:
+            for cached, buffers in ((layer.keys, self.keys), (layer.values, self.values)):
+                b, h, n, d = cached.shape
+                buffer = cached.new_empty(b, h, n + new_tokens, d)
+                buffer[:, :, :n] = cached
+                buffers.append(buffer)
+        return result.logits[:, -1, :]
+
+    def step(self, ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] for one new token per row: ``ids`` and ``position_ids`` [B, 1], ``attention_mask`` [B, L]
+        covering the cache and this token. Follows ``GPTNeoXModel.forward`` in eval mode (no dropout)."""
+        hidden = F.embedding(ids, self.embed)  # [B, 1, H]
+        batch = hidden.size(0)
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=hidden.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scaling).to(hidden.dtype).unsqueeze(1)  # [B, 1, 1, rotary]
+        sin = (emb.sin() * self.rope_scaling).to(hidden.dtype).unsqueeze(1)
+        mask = attention_mask.bool()[:, None, None, :]
+        r, n = self.rotary_ndims, self.length
+        self.length += 1
+        for i, layer in enumerate(self.layers):  # GPTNeoXLayer.forward
+            attention = layer.attention
+            ln = layer.input_layernorm
+            x = F.layer_norm(hidden, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+            qkv = F.linear(x, attention.query_key_value.weight, attention.query_key_value.bias)
+            qkv = qkv.view(batch, 1, -1, 3 * self.head_size).transpose(1, 2)
+            query, key, value = qkv.chunk(3, dim=-1)
+            query, key = _rotate(query, cos, sin, r), _rotate(key, cos, sin, r)
+            self.keys[i][:, :, n] = key[:, :, 0]
+            self.values[i][:, :, n] = value[:, :, 0]
+            out = F.scaled_dot_product_attention(
+                query, self.keys[i][:, :, : n + 1], self.values[i][:, :, : n + 1], attn_mask=mask, dropout_p=0.0,
+                scale=self.scaling, is_causal=False,
+            )
+            out = out.reshape(batch, -1, 1, self.head_size).transpose(1, 2).contiguous()
+            out = out.reshape(batch, 1, -1).contiguous()
+            attn_output = F.linear(out, attention.dense.weight, attention.dense.bias)
+            if layer.use_parallel_residual:
+                hidden = _mlp(layer, hidden) + attn_output + hidden
+            else:
+                attn_output = attn_output + hidden
+                hidden = _mlp(layer, attn_output) + attn_output
+        norm = self.final_norm
+        hidden = F.layer_norm(hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return F.linear(hidden, self.head.weight, self.head.bias)[:, -1, :]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, r: int) -> torch.Tensor:
+    """``apply_rotary_pos_emb`` of transformers' GPT-NeoX for one of query / key."""
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    half = x_rot.shape[-1] // 2
+    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    return torch.cat([(x_rot * cos) + (rotated * sin), x_pass], dim=-1)
+
+
+def _mlp(layer, x: torch.Tensor) -> torch.Tensor:
+    ln, mlp = layer.post_attention_layernorm, layer.mlp
+    x = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    x = F.linear(x, mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias)
+    return F.linear(mlp.act(x), mlp.dense_4h_to_h.weight, mlp.dense_4h_to_h.bias)
+
+
+class CachedForward:
+    """Any causal LM's own forward on its own cache, with :class:`NeoXDecoder`'s interface."""
+
+    def __init__(self, model):
+        self.model, self.key, self.cache = model, _cache_keyword(model), None
+
+    def prefill(self, input_ids, attention_mask, position_ids, new_tokens: int) -> torch.Tensor:
+        self.cache = None
+        return self.step(input_ids, attention_mask, position_ids)
+
+    def step(self, ids, attention_mask, position_ids) -> torch.Tensor:
+        result = self.model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                            **{self.key: self.cache})
+        self.cache = getattr(result, self.key)
+        return result.logits[:, -1, :]
+
+
+def _cache_keyword(model) -> str:
+    """The KV cache's name in a model's forward and output: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (the name the model's signature shows; else the installed version's)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for key in ("cache", "past_key_values"):
+        if key in params:
+            return key
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__) >= Version("5.24.0.dev0") else "past_key_values"
+
+
+def decoder_for(model) -> NeoXDecoder | CachedForward:
+    """A :class:`NeoXDecoder` for transformers' own GPT-NeoX causal LM with SDPA attention, default rotary
+    embeddings and no active dropout; the model's own cached forward for anything else."""
+    from transformers.models.gpt_neox import modeling_gpt_neox as neox
+
+    from rmopt.packing import _plain_gpt_neox
+
+    if type(model) is not neox.GPTNeoXForCausalLM or not _plain_gpt_neox(model.base_model):
+        return CachedForward(model)
+    config = model.config
+    if config._attn_implementation != "sdpa" or model.base_model.rotary_emb.rope_type != "default":
+        return CachedForward(model)
+    dropout = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training]
+    if dropout or (model.training and config.attention_dropout > 0):
+        return CachedForward(model)
+    return NeoXDecoder(model)

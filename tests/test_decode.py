@@ -1,0 +1,74 @@
+"""The hand-written GPT-NeoX decode step gives the model's own logits bit for bit, and the same answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from rmopt.decode import CachedForward, NeoXDecoder, decoder_for
+from rmopt.generation import sample_ids
+
+
+def tiny_neox(parallel: bool = True, rotary_pct: float = 0.25, **extra) -> GPTNeoXForCausalLM:
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, rotary_pct=rotary_pct, use_parallel_residual=parallel, **extra,
+    )
+    model = GPTNeoXForCausalLM(config).eval()
+    with torch.no_grad():  # untrained layer norms are the identity: make every parameter matter
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+# rows of different lengths: left padding, positions that start at 0 in each row
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16], [17]]
+
+
+def padded(prompts):
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("parallel, rotary_pct", [(True, 0.25), (False, 1.0)])
+@torch.inference_mode()
+def test_each_step_gives_the_models_own_logits_exactly(parallel, rotary_pct):
+    model = tiny_neox(parallel, rotary_pct)
+    fast, reference = decoder_for(model), CachedForward(model)
+    assert isinstance(fast, NeoXDecoder)
+    ids, mask, pos = padded(PROMPTS)
+    got, want = fast.prefill(ids, mask, pos, 6), reference.prefill(ids, mask, pos, 6)
+    assert torch.equal(got, want)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(6):
+        step = torch.multinomial(want.softmax(-1), 1, generator=gen)
+        mask = torch.cat([mask, torch.ones_like(step)], 1)
+        pos = pos[:, -1:] + 1
+        got, want = fast.step(step, mask, pos), reference.step(step, mask, pos)
+        assert torch.equal(got, want)
+        assert not torch.equal(got[0], got[1])  # rows see their own prompts
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_sampled_answers_are_the_models_own(monkeypatch, temperature, top_p):
+    model = tiny_neox()
+    prompts = PROMPTS * 3
+
+    def draw():
+        return sample_ids(model, prompts, 3, 0, [9, 4, 9, 7] * 3, temperature, top_p, generator=torch.Generator().manual_seed(1))
+
+    fast = draw()
+    monkeypatch.setattr("rmopt.generation.decoder_for", CachedForward)
+    assert draw() == fast
+
+
+def test_models_it_does_not_follow_keep_their_own_forward():
+    assert isinstance(decoder_for(tiny_neox(attn_implementation="eager")), CachedForward)
+    with_dropout = tiny_neox(hidden_dropout=0.1).train()
+    assert isinstance(decoder_for(with_dropout), CachedForward)
+    assert isinstance(decoder_for(with_dropout.eval()), NeoXDecoder)  # dropout is off in eval mode
+    assert isinstance(decoder_for(torch.nn.Linear(2, 2)), CachedForward)
