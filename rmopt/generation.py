@@ -65,8 +65,6 @@ def sample_ids(
     logits = decoder.prefill(input_ids, attention_mask, position_ids, max_new_tokens - 1).float()
     step_pos = position_ids
     for t in range(max_new_tokens):
-        if t:
-            logits = decoder.step(step_ids, attention_mask, step_pos).float()
         next_ids = _sample(logits, temperature, top_p, generator)
         next_ids = torch.where(done, torch.full_like(next_ids, pad_token_id), next_ids)
         out[:, t] = next_ids
@@ -79,6 +77,7 @@ def sample_ids(
         step_ids = next_ids[:, None]
         step_pos = step_pos[:, -1:] + 1
         attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
+        logits = decoder.step(step_ids, attention_mask, step_pos).float()
     return [row[:n] for row, n in zip(out.tolist(), lengths.tolist(), strict=True)]
 
 
