@@ -153,20 +153,37 @@ def packed_attention(query, key, value, packing: Packing, scaling: float, dropou
     return out.index_select(0, p.target if rows is None else p.target[rows]).view(-1, heads * d)
 
 
-def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep: torch.Tensor | None = None) -> torch.Tensor:
+def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep: torch.Tensor | None = None,
+                         start: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
     """The base model's last hidden states of the real tokens, ``[N, hidden]`` in :class:`Packing` order, or only
     of the tokens at ``keep`` (indices into 0..N-1), ``[len(keep), hidden]``.
 
     With ``keep``, the last layer does its per-token work after attention (output projection, MLP, final
     norm) on those tokens only: every token's keys and values are still computed, so the kept tokens'
     states are the same; an RM reads one token per sequence, SFT only the tokens that predict answer tokens.
+    ``start = (n, hidden)`` continues from :func:`packed_bottom` ``(model, input_ids, packing, n)`` (e.g. the
+    output of layers a policy and its reference share) instead of from the embeddings.
     Follows ``GPTNeoXModel.forward`` (no cache, no mask, the layers' own modules and dropouts).
     """
     base = model.base_model
-    hidden = base.emb_dropout(base.embed_in(packing.take(input_ids)))  # [N, hidden]
+    first, hidden = start if start is not None else (0, base.emb_dropout(base.embed_in(packing.take(input_ids))))
+    hidden = _layers(base, hidden, packing, range(first, len(base.layers)), keep)
+    return base.final_layer_norm(hidden)
+
+
+def packed_bottom(model, input_ids: torch.Tensor, packing: Packing, layers: int) -> torch.Tensor:
+    """The real tokens' hidden states after the embeddings and the first ``layers`` layers, ``[N, hidden]``."""
+    base = model.base_model
+    hidden = base.emb_dropout(base.embed_in(packing.take(input_ids)))
+    return _layers(base, hidden, packing, range(layers), None)
+
+
+def _layers(base, hidden: torch.Tensor, packing: Packing, indices: range, keep: torch.Tensor | None) -> torch.Tensor:
+    """``GPTNeoXLayer.forward`` of the layers at ``indices`` on packed tokens; the last of all layers reads only ``keep``."""
     rotary, causal = _rotary(base, packing, hidden), _causal_mask(packing, hidden)
     last = len(base.layers) - 1
-    for i, layer in enumerate(base.layers):  # GPTNeoXLayer.forward
+    for i in indices:
+        layer = base.layers[i]
         rows = keep if i == last else None
         attention = layer.attention
         qkv = attention.query_key_value(layer.input_layernorm(hidden))
@@ -181,7 +198,7 @@ def packed_hidden_states(model, input_ids: torch.Tensor, packing: Packing, keep:
         else:
             attn_output = attn_output + residual
             hidden = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn_output))) + attn_output
-    return base.final_layer_norm(hidden)
+    return hidden
 
 
 def _plain_gpt_neox(base) -> bool:

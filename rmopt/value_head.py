@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rmopt.errors import RmoptError
+from rmopt.packing import pack, packed_bottom, packed_hidden_states, supports_packing
 from rmopt.rlhf import entropy_from_logits, logprobs_from_logits, token_kl_from_logits
 
 
@@ -71,17 +72,61 @@ class PolicyWithValueHead(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-def answer_states(lm, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def answer_states(lm, batch: dict[str, torch.Tensor], packed: bool = False) -> torch.Tensor:
     """Hidden states [B, A, H] that predict the answer tokens of a rollout batch (position - 1), one trunk forward.
 
     ``batch`` comes from :func:`rmopt.modules.ppo.rollout_tensors`: ``input_ids``, ``attention_mask``,
-    ``position_ids`` [B, S] and ``answer_positions`` [B, A].
+    ``position_ids`` [B, S], ``answer_positions`` and ``answer_mask`` [B, A]. With ``packed`` (GPT-NeoX only) the
+    forward runs on the real tokens alone (:mod:`rmopt.packing`; about 40% of a toy rollout batch is padding) and
+    its last layer only on the states that predict real answer tokens: the same states up to float rounding,
+    zero at padded answer positions. Otherwise the padded forward. Padded answer positions hold values for the
+    caller to mask out.
     """
+    packing = pack(batch["attention_mask"]) if packed and supports_packing(lm) else None
+    if packing is not None:
+        return _packed_answer_states(lm, batch, packing)
     hidden = lm.base_model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
     ).last_hidden_state
     index = (batch["answer_positions"] - 1).unsqueeze(-1).expand(-1, -1, hidden.size(-1))
     return torch.gather(hidden, 1, index)
+
+
+def paired_answer_states(lm, reference, batch: dict[str, torch.Tensor], packed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`answer_states` of a policy and of its reference; with ``packed``, the bottom layers they share (the
+    very same tensors, :func:`build_reference`) run once. For rollouts and evaluations (no dropout there)."""
+    shared = min(shared_layers(lm, reference), len(transformer_layers(lm)) - 1)  # the last layer reads only answers
+    usable = packed and shared and supports_packing(lm) and supports_packing(reference)
+    packing = pack(batch["attention_mask"]) if usable else None
+    if packing is None:
+        return answer_states(lm, batch, packed), answer_states(reference, batch, packed)
+    bottom = (shared, packed_bottom(lm, batch["input_ids"], packing, shared))
+    return _packed_answer_states(lm, batch, packing, bottom), _packed_answer_states(reference, batch, packing, bottom)
+
+
+def shared_layers(lm, reference) -> int:
+    """How many bottom transformer layers two models share, with their input embeddings, as the same tensors."""
+    if lm.get_input_embeddings().weight is not reference.get_input_embeddings().weight:
+        return 0
+    n = 0
+    for a, b in zip(transformer_layers(lm), transformer_layers(reference), strict=True):
+        pa, pb = list(a.parameters()), list(b.parameters())
+        if len(pa) != len(pb) or any(x is not y for x, y in zip(pa, pb, strict=True)) or a.training or b.training:
+            break
+        n += 1
+    return n
+
+
+def _packed_answer_states(lm, batch: dict[str, torch.Tensor], packing, start=None) -> torch.Tensor:
+    input_ids, mask = batch["input_ids"], batch["answer_mask"]
+    (B, T), A = input_ids.shape, mask.size(1)
+    packed_index = torch.full((B * T,), -1, dtype=torch.long, device=input_ids.device)
+    packed_index[packing.source] = torch.arange(packing.source.numel(), device=input_ids.device)
+    flat = batch["answer_positions"] - 1 + torch.arange(B, device=input_ids.device)[:, None] * T  # [B, A]
+    keep = packed_index[flat[mask]]  # each real answer token's predicting state, a real token
+    states = packed_hidden_states(lm, input_ids, packing, keep=keep, start=start)  # [K, H], row by row
+    slots = mask.flatten().nonzero().squeeze(1)
+    return states.new_zeros(B * A, states.size(-1)).index_copy(0, slots, states).view(B, A, -1)
 
 
 def answer_forward(
@@ -90,13 +135,15 @@ def answer_forward(
     value_head: nn.Module | None = None,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    states: torch.Tensor | None = None,
+    packed: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Log-probs (and values, entropy) of the answer tokens of a rollout batch, from one trunk forward.
 
     The head runs only on the hidden states that predict answer tokens (:func:`answer_states`), not
     on the whole sequence. Values are read at the same states: V(state before emitting answer token t).
     """
-    states = answer_states(lm, batch)  # [B, A, H]
+    states = answer_states(lm, batch, packed) if states is None else states  # [B, A, H]
     logits = lm.get_output_embeddings()(states).float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -109,14 +156,15 @@ def answer_forward(
 
 
 @torch.no_grad()
-def answer_kl(lm, reference, batch: dict[str, torch.Tensor], temperature: float = 1.0, rows: int = 16) -> dict[str, torch.Tensor]:
+def answer_kl(lm, reference, batch: dict[str, torch.Tensor], temperature: float = 1.0, rows: int = 16,
+              packed: bool = False) -> dict[str, torch.Tensor]:
     """Per-token KL(pi || pi_ref) along sampled answers, both policies at ``temperature``: ``{"exact", "k1"}`` [B, A].
 
     ``exact`` sums over the vocabulary at each answer position (:func:`rmopt.rlhf.token_kl_from_logits`);
     ``k1`` is log pi - log pi_ref of the sampled token. The vocabulary-sized logits exist for ``rows``
     answers at a time. Padding positions hold values to be masked out by the caller.
     """
-    states, ref_states = answer_states(lm, batch), answer_states(reference, batch)
+    states, ref_states = paired_answer_states(lm, reference, batch, packed)
     head, ref_head = lm.get_output_embeddings(), reference.get_output_embeddings()
     exact, k1 = [], []
     for i in range(0, states.size(0), rows):

@@ -124,3 +124,67 @@ def test_pad_and_mask():
     assert pad(seqs, 9, "left").tolist() == [[1, 2, 3], [9, 9, 4], [9, 9, 9], [9, 5, 6]]
     assert padding_mask(seqs, "left").tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0], [0, 1, 1]]
     assert pad([torch.tensor([1, 2]), torch.tensor([3])], 0).tolist() == [[1, 2], [3, 0]]
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_ppo_answer_logprobs_values_and_gradients_match_each_answer_alone(packed):
+    """A rollout batch (left-padded prompts, right-padded answers): log-probs and values of the real answer
+    tokens from the packed (and the padded) forward, against transformers on each prompt + answer alone."""
+    from rmopt.modules.ppo import rollout_tensors
+    from rmopt.value_head import answer_forward
+
+    torch.manual_seed(3)
+    model = GPTNeoXForCausalLM(config(rotary_pct=0.25)).train()
+    head = torch.nn.Linear(32, 1)
+    prompts, answers = [[5, 6, 7], [3], [11, 12, 13, 14, 15]], [[20, 21], [22, 23, 24, 25], [0]]  # 0 = pad id
+    b = rollout_tensors(prompts, answers, 0)
+    out = answer_forward(model, b, head, temperature=0.7, packed=packed)
+    mask = b["answer_mask"]
+    assert out["logprobs"].shape == mask.shape == (3, 4)
+    alone_lp, alone_v = [], []
+    for p, a in zip(prompts, answers, strict=True):
+        hidden = model.base_model(input_ids=torch.tensor([p + a])).last_hidden_state[0, len(p) - 1 : -1]
+        logits = model.get_output_embeddings()(hidden) / 0.7
+        alone_lp.append(torch.log_softmax(logits, -1).gather(1, torch.tensor(a)[:, None]).squeeze(1))
+        alone_v.append(head(hidden).squeeze(-1))
+    alone_lp, alone_v = torch.cat(alone_lp), torch.cat(alone_v)
+    assert torch.allclose(out["logprobs"][mask], alone_lp, atol=1e-5)
+    assert torch.allclose(out["values"][mask], alone_v, atol=1e-5)
+    weights = torch.linspace(-1.0, 2.0, int(mask.sum()))
+    ((out["logprobs"][mask] + out["values"][mask]) * weights).sum().backward()
+    packed = [p.grad.clone() for p in [*model.parameters(), *head.parameters()]]
+    model.zero_grad()
+    head.zero_grad()
+    ((alone_lp + alone_v) * weights).sum().backward()
+    for g, ref in zip(packed, [p.grad for p in [*model.parameters(), *head.parameters()]], strict=True):
+        assert torch.allclose(g, ref, atol=1e-5)
+
+
+def test_a_policy_and_its_reference_run_their_shared_layers_once():
+    """With the bottom layers frozen and shared (num_layers_unfrozen), the paired states are each model's own
+    packed states exactly; a full copy shares nothing."""
+    from rmopt.modules.ppo import rollout_tensors
+    from rmopt.value_head import (
+        answer_states,
+        build_reference,
+        freeze_bottom,
+        paired_answer_states,
+        shared_layers,
+    )
+
+    torch.manual_seed(4)
+    cfg = config()
+    cfg.num_hidden_layers = 3
+    policy = GPTNeoXForCausalLM(cfg).eval()
+    reference = build_reference(policy, freeze_bottom(policy, 1))
+    with torch.no_grad():  # the policy has trained: its unfrozen top layer differs from the reference's
+        for p in policy.base_model.layers[2].parameters():
+            p.add_(0.1)
+    assert shared_layers(policy, reference) == 2
+    b = rollout_tensors([[5, 6, 7], [3], [11, 12, 13, 14]], [[20, 21], [22, 23, 24], [25]], 0)
+    with torch.no_grad():
+        states, ref_states = paired_answer_states(policy, reference, b, packed=True)
+        alone = answer_states(policy, b, packed=True), answer_states(reference, b, packed=True)
+        assert torch.equal(states, alone[0]) and torch.equal(ref_states, alone[1])
+        assert not torch.allclose(states[b["answer_mask"]], ref_states[b["answer_mask"]])
+    assert shared_layers(policy, build_reference(policy, [])) == 0  # num_layers_unfrozen=-1: a full copy

@@ -261,3 +261,22 @@ def test_a_fresh_run_in_an_old_folder_drops_the_old_eval_files(toy_sft_dir, rm_d
     assert sorted(f.name for f in (out / "eval").glob("step_*.json")) == ["step_000000.json", "step_000002.json"]
     points = json.loads((out / "results.json").read_text())["points"]
     assert [p["step"] for p in points] == [0, 2]
+
+
+def test_packed_forward_trains_and_evaluates_as_the_padded_forward(toy_sft_dir, rm_dirs, tmp_path):
+    """``packed_forward=true``: the same run as the padded forward up to float rounding (rollout log-probs,
+    values, the KL of the evaluations, the proxy), over a few updates."""
+    import json
+
+    from rmopt.ppo import train
+
+    evals = {}
+    for packed in ("false", "true"):
+        out = tmp_path / packed
+        train(ppo_cfg(toy_sft_dir, rm_dirs, out, f"packed_forward={packed}", "trainer.max_steps=4", "eval_every=2",
+                      "kl_coef=0.05", "optimizer.lr=1e-3"))
+        evals[packed] = [json.loads((out / "eval" / f"step_{s:06d}.json").read_text()) for s in (0, 2, 4)]
+    for padded, packed in zip(evals["false"], evals["true"], strict=True):
+        assert [r["answer"] for r in padded["rows"]] == [r["answer"] for r in packed["rows"]]
+        assert packed["kl"] == pytest.approx(padded["kl"], abs=1e-4) and packed["proxy"] == pytest.approx(padded["proxy"], abs=1e-4)
+    assert evals["true"][-1]["kl"] > 0.01  # the policy moved: the comparison is not of two untrained policies

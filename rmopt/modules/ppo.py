@@ -49,7 +49,7 @@ from rmopt.rlhf import (
 )
 from rmopt.stats import group_means, standard_error
 from rmopt.utils import atomic_write_json
-from rmopt.value_head import answer_forward, answer_kl
+from rmopt.value_head import answer_forward, answer_kl, paired_answer_states
 
 
 @dataclass
@@ -84,6 +84,7 @@ class PPOSettings:
     sample_every: int = 50
     sample_count: int = 4
     score_batch_size: int = 64
+    packed_forward: bool = False
     # the algorithm (conf/algorithm/*.yaml): ppo (GAE with a value head), grpo or rloo (critic-free, group baselines)
     algorithm: str = "ppo"
     group_size: int = 1  # answers per prompt in a step (grpo, rloo: at least 2)
@@ -265,8 +266,9 @@ class PPOModule(L.LightningModule):
         r = self.sample(instructions, inputs, generator, temperature, top_p)
         batch = r["batch"]
         value_head = None if self.s.critic_free else self.policy.value_head
-        out = answer_forward(self.policy.lm, batch, value_head, self.s.temperature)
-        ref = answer_forward(self.reference, batch, None, self.s.temperature)
+        states, ref_states = paired_answer_states(self.policy.lm, self.reference, batch, self.s.packed_forward)
+        out = answer_forward(self.policy.lm, batch, value_head, self.s.temperature, states=states)
+        ref = answer_forward(self.reference, batch, None, self.s.temperature, states=ref_states)
         scores = self.score(instructions, inputs, r["prompt_ids"], r["answer_ids"], r["texts"]).to(self.device)
         return {
             "batch": batch,
@@ -325,7 +327,7 @@ class PPOModule(L.LightningModule):
             idx = perm[i : i + s.minibatch_size]
             sub = {k: v[idx] for k, v in batch.items()}
             value_head = None if s.critic_free else self.policy.value_head
-            out = answer_forward(self.policy.lm, sub, value_head, s.temperature, with_entropy=True)
+            out = answer_forward(self.policy.lm, sub, value_head, s.temperature, with_entropy=True, packed=s.packed_forward)
             pl, pstats = policy_loss(out["logprobs"], old_logprobs[idx], advantages[idx], mask[idx], s.cliprange)
             if s.critic_free:
                 vl, vstats = torch.zeros(()), {"vf_clipfrac": torch.zeros(())}
@@ -432,7 +434,8 @@ class PPOModule(L.LightningModule):
             prompt = [start + j for j in range(len(chunk)) for _ in range(m)]
             drawn = self.sample(instr, inp, kl_gen, s.temperature, 1.0)
             mask = drawn["batch"]["answer_mask"]
-            kl = {k: sequence_kl(v, mask) for k, v in answer_kl(self.policy.lm, self.reference, drawn["batch"], s.temperature).items()}
+            kl = {k: sequence_kl(v, mask) for k, v in answer_kl(self.policy.lm, self.reference, drawn["batch"], s.temperature,
+                                                                              packed=s.packed_forward).items()}
             kl_prompt += prompt
             kl_exact += kl["exact"].tolist()
             kl_k1 += kl["k1"].tolist()
