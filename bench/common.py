@@ -222,7 +222,8 @@ def write_results(results: list[Result], out_dir: Path, header: dict, update: bo
     """bench/results.json (the list of records) and bench/RESULTS.md (a table), atomically.
 
     ``update``: replace only these rows (by name) in the files already there, keeping the other rows, their
-    order and the old header, with ``header``'s entries that differ from it added as "update" lines.
+    order and the old header, with ``header``'s entries that differ from it added as "update (rows)" lines
+    (each update's own: a later update of other rows does not overwrite them).
     """
     from rmopt.utils import atomic_write_json, atomic_write_text
 
@@ -234,7 +235,7 @@ def write_results(results: list[Result], out_dir: Path, header: dict, update: bo
         merged = [new.pop(r.name, r) for r in old] + list(new.values())
         old_header = read_header(md_path) if md_path.exists() else {}
         rows = ", ".join(r.name for r in results)
-        header = {**old_header, **{f"updated ({rows})" if k == "made" else f"update: {k}": v
+        header = {**old_header, **{f"updated ({rows})" if k == "made" else f"update ({rows}): {k}": v
                                    for k, v in header.items() if old_header.get(k) != v}}
         results = merged
     atomic_write_json(json_path, [r.record() for r in results])

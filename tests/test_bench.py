@@ -40,8 +40,16 @@ def test_results_files(tmp_path):
     records = json.loads(json_path.read_text())
     assert [(r["name"], r["ratio"]) for r in records] == [("a", 4.0), ("b", None), ("c", 1.0)]
     md = md_path.read_text()
-    assert "- **made**: now" in md and "- **updated (a, c)**: later" in md and "- **update: note**: faster" in md
+    assert "- **made**: now" in md and "- **updated (a, c)**: later" in md and "- **update (a, c): note**: faster" in md
     assert "| a | 1.00 | 4.00 | s | 4.00 |" in md and "| b | 10.00 |" in md
+    # a second update of another row keeps the first update's lines as they were
+    write_results([Result("b", 2.0, 4.0, "s", 2.0, "b again")], tmp_path, {"made": "latest", "note": "other"}, update=True)
+    md = md_path.read_text()
+    assert "- **update (a, c): note**: faster" in md and "- **update (b): note**: other" in md
+    assert "- **updated (b)**: latest" in md
+    write_results([Result("a", 1.0, 4.0, "s", 4.0, "again"), Result("c", 1.0, 1.0, "s", 1.0, "new")], tmp_path,
+                  {"made": "later", "machine": "m", "note": "faster"}, update=True)  # back as it was for --render
+    md = md_path.read_text()
     # --render: RESULTS.md again from results.json, header kept
     md_path.write_text(md.replace("| b | 10.00 |", "| b | garbled |"))
     render_results(tmp_path)
