@@ -43,8 +43,9 @@ class NeoXDecoder:
         cache = result.cache if hasattr(result, "cache") else result.past_key_values
         self.length = input_ids.size(1)
         self.keys, self.values = [], []
-        for layer in cache.layers:
-            for cached, buffers in ((layer.keys, self.keys), (layer.values, self.values)):
+        layers = getattr(cache, "layers", None)  # transformers' DynamicCache; else (key, value) per layer
+        for keys, values in ((layer.keys, layer.values) for layer in layers) if layers is not None else cache:
+            for cached, buffers in ((keys, self.keys), (values, self.values)):
                 b, h, n, d = cached.shape
                 buffer = cached.new_empty(b, h, n + new_tokens, d)
                 buffer[:, :, :n] = cached
