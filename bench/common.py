@@ -234,13 +234,47 @@ def write_results(results: list[Result], out_dir: Path, header: dict, update: bo
         new = {r.name: r for r in results}
         merged = [new.pop(r.name, r) for r in old] + list(new.values())
         old_header = read_header(md_path) if md_path.exists() else {}
+        base = {k: v for k, v in old_header.items() if not k.startswith(("updated (", "update ("))}
         rows = ", ".join(r.name for r in results)
-        header = {**old_header, **{f"updated ({rows})" if k == "made" else f"update ({rows}): {k}": v
-                                   for k, v in header.items() if old_header.get(k) != v}}
+        kept = _without_rows(old_header, {r.name for r in merged}, {r.name for r in results})
+        header = {**kept, **{f"updated ({rows})" if k == "made" else f"update ({rows}): {k}": v
+                             for k, v in header.items() if base.get(k) != v}}
         results = merged
     atomic_write_json(json_path, [r.record() for r in results])
     atomic_write_text(md_path, markdown(results, header))
     return json_path, md_path
+
+
+def _without_rows(header: dict, names: set[str], remeasured: set[str]) -> dict:
+    """``header`` with the re-measured rows taken out of its earlier "updated (rows)" and "update (rows): key"
+    lines (a line left with no rows goes): those rows' settings are now the new update's lines."""
+    out = {}
+    for key, value in header.items():
+        if key.startswith("updated (") and key.endswith(")"):
+            inside, head, tail = key[len("updated ("):-1], "updated (", ")"
+        elif key.startswith("update (") and "): " in key:
+            inside, rest = key[len("update ("):].split("): ", 1)
+            head, tail = "update (", "): " + rest
+        else:
+            out[key] = value
+            continue
+        rows = _row_names(inside, names)
+        if rows is None:  # not a list of this file's rows: keep the line as it is
+            out[key] = value
+        elif left := [r for r in rows if r not in remeasured]:
+            out[head + ", ".join(left) + tail] = value
+    return out
+
+
+def _row_names(inside: str, names: set[str]) -> list[str] | None:
+    """``"a, b, c"`` as row names (a name may itself hold ", "); None if it is not one."""
+    rows, pending = [], []
+    for part in inside.split(", "):
+        pending.append(part)
+        if ", ".join(pending) in names:
+            rows.append(", ".join(pending))
+            pending = []
+    return None if pending or not rows else rows
 
 
 def render_results(out_dir: Path) -> Path:

@@ -6,7 +6,7 @@ machinery of a general forward (module calls and hooks, config look-ups, the cac
 causal-mask builder, output classes). :class:`NeoXDecoder` runs the prompt through the model's own
 forward once, then each new token through the same tensor operations as transformers'
 ``GPTNeoXModel.forward`` with SDPA attention, in the same order, on the same cached keys and
-values. The logits are therefore the model's own, bit for bit (tested against its cached forward);
+values. The logits are therefore the model's own, bit for bit (tested against its cached forward on CPU);
 models it does not follow keep their own forward (:func:`decoder_for` gives a :class:`CachedForward`).
 """
 
@@ -42,6 +42,7 @@ class NeoXDecoder:
         result = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
         cache = result.cache if hasattr(result, "cache") else result.past_key_values
         self.length = input_ids.size(1)
+        self.padded = not bool(attention_mask.all())  # no padding now, none later: transformers passes no mask
         self.keys, self.values = [], []
         layers = getattr(cache, "layers", None)  # transformers' DynamicCache; else (key, value) per layer
         for keys, values in ((layer.keys, layer.values) for layer in layers) if layers is not None else cache:
@@ -61,7 +62,7 @@ class NeoXDecoder:
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.rope_scaling).to(hidden.dtype).unsqueeze(1)  # [B, 1, 1, rotary]
         sin = (emb.sin() * self.rope_scaling).to(hidden.dtype).unsqueeze(1)
-        mask = attention_mask.bool()[:, None, None, :]
+        mask = attention_mask.bool()[:, None, None, :] if self.padded else None
         r, n = self.rotary_ndims, self.length
         self.length += 1
         for i, layer in enumerate(self.layers):  # GPTNeoXLayer.forward
@@ -148,7 +149,7 @@ def decoder_for(model) -> NeoXDecoder | CachedForward:
 
     from rmopt.packing import _plain_gpt_neox
 
-    if type(model) is not neox.GPTNeoXForCausalLM or not _plain_gpt_neox(model.base_model):
+    if type(model) is not neox.GPTNeoXForCausalLM or not _plain_gpt_neox(model.base_model) or not _plain_modules(model):
         return CachedForward(model)
     config = model.config
     if config._attn_implementation != "sdpa" or model.base_model.rotary_emb.rope_type != "default":
@@ -157,3 +158,21 @@ def decoder_for(model) -> NeoXDecoder | CachedForward:
     if dropout or (model.training and config.attention_dropout > 0):
         return CachedForward(model)
     return NeoXDecoder(model)
+
+
+def _plain_modules(model) -> bool:
+    """Every submodule one whose forward :meth:`NeoXDecoder.step` writes out (plain linear, norm and embedding
+    layers, the activation), with no hooks: adapters (LoRA), quantized layers or offloading hooks change the
+    forward, so such models keep their own."""
+    from torch import nn
+    from transformers import activations
+    from transformers.models.gpt_neox import modeling_gpt_neox as neox
+
+    plain = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.Dropout, nn.ModuleList, neox.GPTNeoXForCausalLM, neox.GPTNeoXModel,
+             neox.GPTNeoXLayer, neox.GPTNeoXAttention, neox.GPTNeoXMLP, neox.GPTNeoXRotaryEmbedding)
+    for m in model.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return False
+        if type(m) not in plain and type(m).__module__ not in (activations.__name__, nn.modules.activation.__name__):
+            return False
+    return True

@@ -95,9 +95,9 @@ def answer_states(lm, batch: dict[str, torch.Tensor], packed: bool = False) -> t
 def paired_answer_states(lm, reference, batch: dict[str, torch.Tensor], packed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`answer_states` of a policy and of its reference; with ``packed``, the bottom layers they share (the
     very same tensors, :func:`build_reference`) run once. For rollouts and evaluations (no dropout there)."""
-    shared = min(shared_layers(lm, reference), len(transformer_layers(lm)) - 1)  # the last layer reads only answers
-    usable = packed and shared and supports_packing(lm) and supports_packing(reference)
-    packing = pack(batch["attention_mask"]) if usable else None
+    usable = packed and supports_packing(lm) and supports_packing(reference)
+    shared = min(shared_layers(lm, reference), len(transformer_layers(lm)) - 1) if usable else 0  # the last layer
+    packing = pack(batch["attention_mask"]) if shared else None  # reads only the answers
     if packing is None:
         return answer_states(lm, batch, packed), answer_states(reference, batch, packed)
     bottom = (shared, packed_bottom(lm, batch["input_ids"], packing, shared))

@@ -47,6 +47,11 @@ def test_results_files(tmp_path):
     md = md_path.read_text()
     assert "- **update (a, c): note**: faster" in md and "- **update (b): note**: other" in md
     assert "- **updated (b)**: latest" in md
+    # re-measuring a row takes it out of the older lines: its settings are the new update's
+    write_results([Result("a", 1.0, 4.0, "s", 4.0, "a again")], tmp_path, {"made": "last", "machine": "m0"}, update=True)
+    md = md_path.read_text()
+    assert "- **updated (c)**: later" in md and "- **update (c): machine**: m" in md and "- **update (c): note**: faster" in md
+    assert "(a, c)" not in md and "- **updated (a)**: last" in md and "- **update (a): machine**: m0" in md
     write_results([Result("a", 1.0, 4.0, "s", 4.0, "again"), Result("c", 1.0, 1.0, "s", 1.0, "new")], tmp_path,
                   {"made": "later", "machine": "m", "note": "faster"}, update=True)  # back as it was for --render
     md = md_path.read_text()

@@ -34,13 +34,14 @@ def padded(prompts):
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-@pytest.mark.parametrize("parallel, rotary_pct", [(True, 0.25), (False, 1.0)])
+@pytest.mark.parametrize("parallel, rotary_pct, prompts", [(True, 0.25, PROMPTS), (False, 1.0, PROMPTS),
+                                                         (True, 0.25, [[5, 6, 7], [8, 9, 10]])])  # no padding
 @torch.inference_mode()
-def test_each_step_gives_the_models_own_logits_exactly(parallel, rotary_pct):
+def test_each_step_gives_the_models_own_logits_exactly(parallel, rotary_pct, prompts):
     model = tiny_neox(parallel, rotary_pct)
     fast, reference = decoder_for(model), CachedForward(model)
     assert isinstance(fast, NeoXDecoder)
-    ids, mask, pos = padded(PROMPTS)
+    ids, mask, pos = padded(prompts)
     got, want = fast.prefill(ids, mask, pos, 6), reference.prefill(ids, mask, pos, 6)
     assert torch.equal(got, want)
     gen = torch.Generator().manual_seed(3)
@@ -72,3 +73,14 @@ def test_models_it_does_not_follow_keep_their_own_forward():
     assert isinstance(decoder_for(with_dropout), CachedForward)
     assert isinstance(decoder_for(with_dropout.eval()), NeoXDecoder)  # dropout is off in eval mode
     assert isinstance(decoder_for(torch.nn.Linear(2, 2)), CachedForward)
+    hooked = tiny_neox()
+    hooked.base_model.layers[0].mlp.register_forward_hook(lambda module, args, out: out * 2)
+    assert isinstance(decoder_for(hooked), CachedForward)  # a hook changes the forward the decoder writes out
+
+    class Adapted(torch.nn.Linear):  # e.g. a LoRA or quantized layer in place of a plain one
+        pass
+
+    adapted = tiny_neox()
+    old = adapted.base_model.layers[1].attention.dense
+    adapted.base_model.layers[1].attention.dense = Adapted(old.in_features, old.out_features)
+    assert isinstance(decoder_for(adapted), CachedForward)

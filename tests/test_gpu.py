@@ -1,5 +1,6 @@
 """On a CUDA GPU only (skipped elsewhere; `make test-gpu`): the GPU trainer configs (bf16 mixed precision,
-FSDP on one device) through the stages' own train functions, the padding-free forward on CUDA, and the
+FSDP on one device) through the stages' own train functions, the padding-free forward and the hand-written
+decode steps on CUDA, and the
 paper's shapes with random weights (tests/paper_shapes.py: Pythia-70M reward models, a Pythia-1.4B policy,
 a LLaMA-7B-shaped gold RM in bf16) through one RM step, one PPO step, best-of-n and gold scoring, each
 printing its time, throughput and peak GPU memory (`paper-shapes ...` lines)."""
@@ -58,6 +59,31 @@ def test_packed_forward_on_cuda_matches_transformers(dtype):
             alone = torch.cat([model(input_ids=torch.tensor([s], device="cuda")).logits for s in rows]).float()
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         assert torch.allclose(ours, alone, atol=tol, rtol=tol), (ours - alone).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("prompts", [[[5, 6, 7, 8], [9], [10, 11]], [[5, 6, 7], [8, 9, 10]]])  # padded, and not
+def test_hand_written_decode_steps_on_cuda_give_the_models_logits(dtype, prompts):
+    """rmopt/decode.py on CUDA: each step's logits against the model's own cached forward (bit for bit on CPU;
+    here reported, and required equal up to the dtype's rounding)."""
+    from test_decode import padded, tiny_neox
+
+    from rmopt.decode import CachedForward, NeoXDecoder, decoder_for
+
+    model = tiny_neox().cuda().to(dtype)
+    fast, reference = decoder_for(model), CachedForward(model)
+    assert isinstance(fast, NeoXDecoder)
+    ids, mask, pos = (t.cuda() for t in padded(prompts))
+    with torch.inference_mode():
+        got, want = fast.prefill(ids, mask, pos, 5), reference.prefill(ids, mask, pos, 5)
+        worst = float((got.float() - want.float()).abs().max())
+        for _ in range(5):
+            step = want.float().argmax(-1, keepdim=True)
+            mask, pos = torch.cat([mask, torch.ones_like(step)], 1), pos[:, -1:] + 1
+            got, want = fast.step(step, mask, pos), reference.step(step, mask, pos)
+            worst = max(worst, float((got.float() - want.float()).abs().max()))
+    print(f"decode-on-cuda {dtype} padded={len(set(map(len, prompts))) > 1} max |diff| {worst:.3g}")
+    assert worst <= (1e-5 if dtype == torch.float32 else 5e-2)
 
 
 def test_sft_rm_ppo_on_one_gpu_in_bf16(tmp_path, pairs_dir):

@@ -263,18 +263,29 @@ def test_a_fresh_run_in_an_old_folder_drops_the_old_eval_files(toy_sft_dir, rm_d
     assert [p["step"] for p in points] == [0, 2]
 
 
-def test_packed_forward_trains_and_evaluates_as_the_padded_forward(toy_sft_dir, rm_dirs, tmp_path):
+def test_packed_forward_trains_and_evaluates_as_the_padded_forward(toy_sft_dir, rm_dirs, tmp_path, monkeypatch):
     """``packed_forward=true``: the same run as the padded forward up to float rounding (rollout log-probs,
     values, the KL of the evaluations, the proxy), over a few updates."""
     import json
 
+    import rmopt.value_head as value_head
     from rmopt.ppo import train
 
+    calls = {"bottom": 0}
+    bottom = value_head.packed_bottom
+
+    def counted(*args, **kwargs):
+        calls["bottom"] += 1
+        return bottom(*args, **kwargs)
+
+    monkeypatch.setattr(value_head, "packed_bottom", counted)
     evals = {}
-    for packed in ("false", "true"):
+    for packed in ("false", "true"):  # one of toy-tiny's 2 layers trains: the other is shared with the reference
         out = tmp_path / packed
         train(ppo_cfg(toy_sft_dir, rm_dirs, out, f"packed_forward={packed}", "trainer.max_steps=4", "eval_every=2",
-                      "kl_coef=0.05", "optimizer.lr=1e-3"))
+                      "kl_coef=0.05", "optimizer.lr=1e-3", "num_layers_unfrozen=1"))
+        # the padded run never packs; the packed one runs the shared layer once per rollout and evaluation batch
+        assert (calls["bottom"] > 0) == (packed == "true")
         evals[packed] = [json.loads((out / "eval" / f"step_{s:06d}.json").read_text()) for s in (0, 2, 4)]
     for padded, packed in zip(evals["false"], evals["true"], strict=True):
         assert [r["answer"] for r in padded["rows"]] == [r["answer"] for r in packed["rows"]]
