@@ -29,7 +29,6 @@ class NeoXDecoder:
         self.inv_freq = base.rotary_emb.inv_freq
         self.rope_scaling = base.rotary_emb.attention_scaling
         attention = self.layers[0].attention
-        self.heads = model.config.num_attention_heads
         self.head_size = attention.head_size
         self.rotary_ndims = attention.rotary_ndims
         self.scaling = attention.scaling
