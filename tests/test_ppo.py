@@ -264,8 +264,8 @@ def test_a_fresh_run_in_an_old_folder_drops_the_old_eval_files(toy_sft_dir, rm_d
 
 
 def test_packed_forward_trains_and_evaluates_as_the_padded_forward(toy_sft_dir, rm_dirs, tmp_path, monkeypatch):
-    """``packed_forward=true``: the same run as the padded forward up to float rounding (rollout log-probs,
-    values, the KL of the evaluations, the proxy), over a few updates."""
+    """``packed_forward=true``: the same run as the padded forward up to float rounding over a few updates
+    (the evaluations' answers, KL and proxy), with the shared-layer path taken."""
     import json
 
     import rmopt.value_head as value_head
