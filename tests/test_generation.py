@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy import stats
 
-from rmopt.generation import _sample, decode_answers, sample_ids
+from rmopt import generation
+from rmopt.generation import _sample, decode_answers, draw_categorical, sample_ids
 
 # --------------------------------------------------------------------------------------------- top-p
 
@@ -87,6 +88,35 @@ def test_top_p_is_per_row_and_greedy_at_temperature_zero():
         for j, p in expected.items():
             assert counts[j] / n == pytest.approx(p, abs=4.5 * np.sqrt(p * (1 - p) / n))
     assert _sample(torch.stack([a, b]), 0.0, 0.1, None).tolist() == [3, 0]
+
+
+def test_a_draw_inverts_the_cumulative_distribution_at_its_uniform(monkeypatch):
+    # cumulative sums 0, 0.2, 0.2, 0.7, 1.0, 1.0: token j owns [cum[j-1], cum[j]); zero-mass tokens own nothing
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0]])
+    by_hand = {0.0: 1, 0.1: 1, 0.2: 3, 0.69: 3, 0.7: 4, 0.99: 4, 1.0: 4}  # u = 1.0: past the end -> last with mass
+    for u, token in by_hand.items():
+        monkeypatch.setattr(generation.torch, "rand", lambda *a, u=u, **k: torch.full((1, 1), u, dtype=torch.float64))
+        assert draw_categorical(probs).tolist() == [token], u
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="nan"):
+        draw_categorical(torch.tensor([[0.5, float("nan")]]))
+    with pytest.raises(RuntimeError, match="without mass"):
+        draw_categorical(torch.zeros(1, 3))
+
+
+def test_draws_follow_each_rows_distribution_with_one_uniform_per_row():
+    rows = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 1.0], [0.25, 0.25, 0.25, 0.25]])
+    n = 60_000
+    gen = torch.Generator().manual_seed(4)
+    drawn = draw_categorical(rows.repeat(n, 1), gen).view(n, 3)
+    for r in range(3):
+        counts = np.bincount(drawn[:, r].numpy(), minlength=4) / n
+        for j, p in enumerate(rows[r].tolist()):
+            assert counts[j] == pytest.approx(p, abs=4.5 * np.sqrt(p * (1 - p) / n) + 1e-12), (r, j)
+    # one uniform per row: the generator moved exactly as far as 3n float64 draws
+    twin = torch.Generator().manual_seed(4)
+    torch.rand(3 * n, 1, generator=twin, dtype=torch.float64)
+    assert torch.rand(1, generator=gen).item() == torch.rand(1, generator=twin).item()
 
 
 # --------------------------------------------------------------------------------------------- answer ends

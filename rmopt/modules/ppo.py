@@ -84,7 +84,7 @@ class PPOSettings:
     sample_every: int = 50
     sample_count: int = 4
     score_batch_size: int = 64
-    packed_forward: bool = False
+    packed_forward: bool = True
     # the algorithm (conf/algorithm/*.yaml): ppo (GAE with a value head), grpo or rloo (critic-free, group baselines)
     algorithm: str = "ppo"
     group_size: int = 1  # answers per prompt in a step (grpo, rloo: at least 2)
