@@ -75,6 +75,29 @@ def lanes(*work, workers: int = 2) -> None:
             future.result()
 
 
+def toy_args(s: dict) -> list[str]:
+    """The overrides every stage gets: the toy experiment, the demo's model size and, if chosen, its tasks."""
+    tasks = [f"data.tasks=[{','.join(s['tasks'])}]"] if s.get("tasks") else []
+    return ["experiment=toy", f"model={s['model']}", *tasks]
+
+
+OPTIONS_FILE = "demo_options.json"
+
+
+def check_options(out: Path, options: dict) -> None:
+    """A rerun into ``out`` skips the stages already done, so it must ask for what the first run did:
+    refuse other options (one line naming the first that differs), else record them in out/demo_options.json."""
+    path = out / OPTIONS_FILE
+    if path.exists():
+        before = json.loads(path.read_text())
+        for key, value in options.items():
+            if before.get(key) != value:
+                raise RmoptError(f"{out} was run with {key}={before.get(key)!r}, now {key}={value!r}: its finished stages "
+                                 "would mix the two; expected the same options, or another --out")
+    else:
+        path.write_text(json.dumps(options, indent=1) + "\n")
+
+
 def member_seeds(seed: int) -> list[int]:
     """The reward models' seeds of a demo run with ``seed``: 1..5 for seed 0, 6..10 for seed 1, ..."""
     return [MEMBERS * seed + i for i in range(1, MEMBERS + 1)]
@@ -84,7 +107,7 @@ def reward_models(s: dict, out: Path, sft: Path, noise: float, bootstrap: bool, 
                   suffix: str = "", jobs: int | None = None) -> Path:
     """Gold-labelled pairs at label noise ``noise`` (out/data/pairs<suffix>) and a reward-model sweep over
     ``members``: out/models/rm<suffix>_seed*."""
-    toy = ["experiment=toy", f"model={s['model']}"]
+    toy = toy_args(s)
     pairs, rm = out / f"data/pairs{suffix}", out / f"models/rm{suffix}"
     run(
         "rmopt-pairs", *toy, f"model.name_or_path={sft}", f"output_dir={pairs}", f"label_noise={noise}",
@@ -105,12 +128,18 @@ def best_of_n(s: dict, out: Path, sft: Path, rm: Path, members, uwo_weight: floa
     """Best-of-n for every member and ensemble into out/<folder>; answers sampled from ``sft`` unless ``gold_gens`` is given."""
     answers = [f"gold_gens={gold_gens}"] if gold_gens else [f"model.name_or_path={sft}"]
     run(
-        "rmopt-bon", "experiment=toy", f"model={s['model']}", *answers, f'proxy_rm_path="{rm}_seed{{seed}}"',
+        "rmopt-bon", *toy_args(s), *answers, f'proxy_rm_path="{rm}_seed{{seed}}"',
         "seeds=[" + ",".join(map(str, members)) + "]", "ensembles=true", f"big_n={s['big_n']}",
         f"num_prompts={s['bon_prompts']}", f"normalise={str(normalise).lower()}", f"uwo_weights=[{uwo_weight}]",
         f"seed={seed}", f"output_dir={out}/{folder}", f"hydra.run.dir={out}/logs/{folder}", log=log,
     )
     return out / folder
+
+
+def add_tasks_option(parser) -> None:
+    parser.add_argument("--tasks", type=lambda v: [t for t in v.split(",") if t], default=None,
+                        help="comma list of the toy world's task kinds for every stage, e.g. list "
+                             "(default: the world's, list,count; docs/calibration.md)")
 
 
 def main() -> None:
@@ -126,36 +155,45 @@ def main() -> None:
     parser.add_argument("--uwo-weight", type=float, default=0.5, help="lambda of UWO (on standardised member scores)")
     parser.add_argument("--no-controls", action="store_true",
                         help="skip bon_clean/ (clean-label members) and ppo_kl0.01/ (PPO with KL coefficient 0.01)")
+    add_tasks_option(parser)
     parser.add_argument("--verbose", action="store_true", help="show each stage's own output")
     args = parser.parse_args()
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
     summary = run_demo(out if out.is_absolute() else ROOT / out, args.quick, args.seed, args.label_noise,
                        not args.no_bootstrap, args.kl_coef, args.uwo_weight, args.verbose,
-                       extras=not args.no_controls)
+                       extras=not args.no_controls, tasks=args.tasks)
     print(json.dumps({k: {n: round(v['drop'], 3) for n, v in d.items()} for k, d in summary.items() if k in ("bon", "ppo")}, indent=1))
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float = 0.25, bootstrap: bool = True,
-             kl_coef: float = 0.0, uwo_weight: float = 0.5, verbose: bool = False, extras: bool = True) -> dict:
+             kl_coef: float = 0.0, uwo_weight: float = 0.5, verbose: bool = False, extras: bool = True,
+             tasks: list[str] | None = None) -> dict:
     """The whole pipeline into ``out``; returns the summary (also ``out/summary.json``, ``out/report.md``).
 
     ``extras``: also ``bon_clean/`` (members trained on the same prompts with label noise 0, best-of-n on
     the same answers) and ``ppo_kl0.01/`` (the PPO runs with KL coefficient 0.01), the controls that
     say whether label noise causes the fall and whether a small KL penalty with an ensemble prevents it.
+    ``tasks``: the toy world's task kinds for every stage (``data.tasks``; default: the world's default).
     Independent stages run side by side, one CPU core each.
     """
     from experiments.report import KL_EXTRA
     from rmopt.bon_pipeline import GENS_DIR
 
     s = SETTINGS["quick" if quick else "full"]
+    if tasks:
+        from rmopt.toy.graded import check_tasks
+
+        s = {**s, "tasks": list(check_tasks(tasks))}
     out.mkdir(parents=True, exist_ok=True)
+    check_options(out, {"quick": quick, "seed": seed, "label_noise": label_noise, "bootstrap": bootstrap, "kl_coef": kl_coef,
+                        "uwo_weight": uwo_weight, "controls": extras, "tasks": s.get("tasks")})
     log = None if verbose else open(out / "demo.log", "a")
     if log:
         print(f"stage output goes to {out / 'demo.log'}")
     sft, rm, rm_clean = out / "models/sft", out / "models/rm", out / "models/rm_clean"
     members = member_seeds(seed)
     seeds = "[" + ",".join(map(str, members)) + "]"
-    toy = ["experiment=toy", f"model={s['model']}"]
+    toy = toy_args(s)
     start = time.time()
 
     run("rmopt-sft", *toy, f"output_dir={sft}", f"trainer.max_steps={s['sft_steps']}", f"seed={seed}",

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.demo import ROOT, run_demo  # noqa: E402
+from experiments.demo import ROOT, add_tasks_option, run_demo  # noqa: E402
 from experiments.report import (  # noqa: E402
     SINGLE,
     STAGES,
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=3, help="K, the number of independent replicates (default 3)")
     parser.add_argument("--out", default="runs/replicates", help="output folder (default runs/replicates)")
     parser.add_argument("--quick", action="store_true", help="the quick demo's sizes")
+    add_tasks_option(parser)
     parser.add_argument("--verbose", action="store_true", help="show each stage's own output")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write the summary, figure and report from the finished rep1..repK in --out")
@@ -171,7 +172,7 @@ def main() -> None:
     for r in range(1, args.replicates + 1):
         print(f"\n=== replicate {r} of {args.replicates} (seed {r - 1}) ===", flush=True)
         reps.append(out / f"rep{r}")
-        run_demo(reps[-1], quick=args.quick, seed=r - 1, verbose=args.verbose)
+        run_demo(reps[-1], quick=args.quick, seed=r - 1, verbose=args.verbose, tasks=args.tasks)
     write_replicate_report(out, reps)
     print(f"\nsummary: {out / 'summary.json'}\nreport:  {out / 'report.md'}  ({(time.time() - start) / 60:.1f} min)")
 

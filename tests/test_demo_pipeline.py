@@ -301,3 +301,31 @@ def test_a_stage_that_is_not_installed_is_named_in_a_user_error():
 
     with pytest.raises(RmoptError, match="'rmopt-no-such-stage' is not in .*make install"):
         run("rmopt-no-such-stage", "seed=1")
+
+
+def test_demo_tasks_reach_every_stage_and_a_rerun_must_ask_for_the_same_options(tmp_path, monkeypatch):
+    import experiments.demo as demo
+    import experiments.report as report
+    from rmopt.errors import RmoptError
+
+    commands = []
+    monkeypatch.setattr(demo, "run", lambda *args, **kw: commands.append(args))
+    monkeypatch.setattr(report, "write_report", lambda out, settings: {"settings": settings})
+    summary = demo.run_demo(tmp_path / "d", tasks=["list"])
+    stages = {c[0] for c in commands}
+    assert stages == {"rmopt-sft", "rmopt-pairs", "rmopt-rm", "rmopt-bon", "rmopt-ppo", "rmopt-ppo-gold"}
+    for c in commands:  # the gold scorer reads each run's saved config instead
+        assert ("data.tasks=[list]" in c) == (c[0] != "rmopt-ppo-gold"), c
+    assert summary["settings"]["tasks"] == ["list"]
+    assert json.loads((tmp_path / "d" / demo.OPTIONS_FILE).read_text())["tasks"] == ["list"]
+
+    commands.clear()
+    demo.run_demo(tmp_path / "plain")  # the default world: no tasks override anywhere
+    assert commands and not any(a.startswith("data.tasks") for c in commands for a in c)
+    with pytest.raises(RmoptError, match=r"was run with tasks=\['list'\], now tasks=None"):
+        demo.run_demo(tmp_path / "d")
+    with pytest.raises(RmoptError, match="was run with seed=0, now seed=1"):
+        demo.run_demo(tmp_path / "plain", seed=1)
+    with pytest.raises(RmoptError, match=r"toy tasks \['lists'\]: expected"):
+        demo.run_demo(tmp_path / "bad", tasks=["lists"])
+    assert not (tmp_path / "bad").exists()  # no partial output
