@@ -29,6 +29,7 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
 from rmopt.errors import ArgumentParser, RmoptError  # noqa: E402
+from rmopt.utils import atomic_write_text  # noqa: E402
 
 SETTINGS = {
     # quick: a tiny world to see every stage work (a few minutes)
@@ -84,18 +85,53 @@ def toy_args(s: dict) -> list[str]:
 OPTIONS_FILE = "demo_options.json"
 
 
+def recorded_options(out: Path) -> dict | None:
+    """The options a demo folder was run with: its demo_options.json, else (a folder from before that file)
+    what its summary.json's settings say; None for a folder no demo has finished or started."""
+    path = out / OPTIONS_FILE
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise RmoptError(f"{path} is not valid JSON ({e}); expected the options a demo recorded there") from None
+    summary = out / "summary.json"
+    if not summary.exists():
+        return None
+    st = json.loads(summary.read_text()).get("settings", {})
+    return {"quick": st.get("model") == SETTINGS["quick"]["model"], "seed": st.get("seed"), "label_noise": st.get("label_noise"),
+            "bootstrap": st.get("bootstrap"), "kl_coef": st.get("kl_coef"), "uwo_weight": st.get("uwo_weight"),
+            "controls": st.get("bon_clean"), "tasks": st.get("tasks")}
+
+
+def differing_option(before: dict, now: dict, ignore=(), adding_controls: bool = True) -> tuple | None:
+    """The first option on which two demo runs differ, as (key, before's value, now's value); None if they agree.
+    ``adding_controls``: a rerun that adds the controls to a run without them is no difference (it redoes
+    nothing they share)."""
+    for key, value in now.items():
+        was = before.get(key)
+        if key in ignore or was == value or (adding_controls and key == "controls" and was is False and value is True):
+            continue
+        return key, was, value
+    return None
+
+
 def check_options(out: Path, options: dict) -> None:
     """A rerun into ``out`` skips the stages already done, so it must ask for what the first run did:
     refuse other options (one line naming the first that differs), else record them in out/demo_options.json."""
-    path = out / OPTIONS_FILE
-    if path.exists():
-        before = json.loads(path.read_text())
-        for key, value in options.items():
-            if before.get(key) != value:
-                raise RmoptError(f"{out} was run with {key}={before.get(key)!r}, now {key}={value!r}: its finished stages "
-                                 "would mix the two; expected the same options, or another --out")
-    else:
-        path.write_text(json.dumps(options, indent=1) + "\n")
+    before = recorded_options(out)
+    diff = None if before is None else differing_option(before, options)
+    if diff:
+        key, was, value = diff
+        raise RmoptError(f"{out} was run with {key}={was!r}, now {key}={value!r}: its finished stages would mix the two; "
+                         "expected the same options, or another --out")
+    atomic_write_text(out / OPTIONS_FILE, json.dumps(options, indent=1) + "\n")
+
+
+def default_tasks() -> list[str]:
+    """The toy world's default task kinds (conf/data/toy.yaml)."""
+    from omegaconf import OmegaConf
+
+    return list(OmegaConf.load(ROOT / "conf/data/toy.yaml").tasks)
 
 
 def member_seeds(seed: int) -> list[int]:
@@ -158,6 +194,8 @@ def main() -> None:
     add_tasks_option(parser)
     parser.add_argument("--verbose", action="store_true", help="show each stage's own output")
     args = parser.parse_args()
+    if not 0.0 <= args.label_noise <= 1.0:  # checked here too, before the options are recorded
+        parser.error(f"--label-noise {args.label_noise}: expected a fraction in [0, 1]")
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
     summary = run_demo(out if out.is_absolute() else ROOT / out, args.quick, args.seed, args.label_noise,
                        not args.no_bootstrap, args.kl_coef, args.uwo_weight, args.verbose,
@@ -180,7 +218,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
     from rmopt.bon_pipeline import GENS_DIR
 
     s = SETTINGS["quick" if quick else "full"]
-    if tasks:
+    if tasks and list(tasks) != default_tasks():  # naming the default tasks is the default world
         from rmopt.toy.graded import check_tasks
 
         s = {**s, "tasks": list(check_tasks(tasks))}

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.demo import ROOT, add_tasks_option, run_demo  # noqa: E402
+from experiments.demo import ROOT, add_tasks_option, differing_option, recorded_options, run_demo  # noqa: E402
 from experiments.report import (  # noqa: E402
     SINGLE,
     STAGES,
@@ -165,6 +165,13 @@ def main() -> None:
         if missing:
             parser.error(f"--report-only: no finished replicate at {missing[0]}; expected rep1 ... rep{args.replicates} "
                          "each holding a demo's summary.json (run without --report-only first)")
+        first = recorded_options(reps[0])
+        for rep in reps[1:]:
+            diff = differing_option(first, recorded_options(rep), ignore=("seed",), adding_controls=False)
+            if diff:
+                key, was, value = diff
+                parser.error(f"--report-only: {reps[0].name} was run with {key}={was!r}, {rep.name} with {key}={value!r}; "
+                             f"expected replicates in {out} that differ only in their seed")
         write_replicate_report(out, reps)
         print(f"summary: {out / 'summary.json'}\nreport:  {out / 'report.md'}")
         return

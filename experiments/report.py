@@ -225,6 +225,10 @@ def _section(stage: str, summary: Mapping, z: float) -> str:
     return f"## {TITLES[stage]}\n\n" + "\n".join("- " + line for line in lines) + f"\n\n{_table(summary[stage], STAGES[stage], z)}\n"
 
 
+def _tasks(s: dict) -> str:
+    return f"tasks {', '.join(s['tasks'])} only" if s.get("tasks") else "its default tasks"
+
+
 def _extras(s: Mapping) -> str:
     parts = []
     if s.get("bon_clean"):
@@ -256,7 +260,7 @@ def report_text(summary: Mapping, settings: Mapping, figure: str, uncertainty: s
     sections = "\n".join(_section(stage, summary, z) for stage in STAGES if stage in summary)
     return f"""# Overoptimization in the toy world
 
-{intro} Toy world `{s.get('world', 'graded')}`. Policy and reward-model base `{s['model']}` (SFT {s['sft_steps']} steps), {s['pairs']} preference
+{intro} Toy world `{s.get('world', 'graded')}`, {_tasks(s)}. Policy and reward-model base `{s['model']}` (SFT {s['sft_steps']} steps), {s['pairs']} preference
 prompts labelled by the gold reward with label noise {s['label_noise']}, {_members(s)},
 {'each on its own bootstrap resample' if s['bootstrap'] else 'sharing their data'}, {s['rm_steps']} steps;
 members {'standardised by their held-out statistics before combining' if s.get('normalise', True) else 'combined as they score'},

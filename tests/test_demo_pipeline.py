@@ -290,6 +290,14 @@ def test_replicate_report_only_redraws_from_finished_folders_and_refuses_a_missi
     bad = subprocess.run([*script, "--replicates", "3"], capture_output=True, text=True)
     assert bad.returncode == 1 and "rep3/summary.json" in bad.stderr and not (tmp_path / "summary.json").exists()
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    # replicates that differ in anything but their seed are refused (rep2 recorded other tasks)
+    (tmp_path / "rep2" / "demo_options.json").write_text(json.dumps(
+        {"quick": True, "seed": 1, "label_noise": 0.25, "bootstrap": True, "kl_coef": 0.0, "uwo_weight": 0.5,
+         "controls": None, "tasks": ["list"]}))
+    mixed = subprocess.run([*script, "--replicates", "2"], capture_output=True, text=True)
+    assert mixed.returncode == 1 and "rep1 was run with tasks=None, rep2 with tasks=['list']" in mixed.stderr, mixed.stderr
+    assert not (tmp_path / "summary.json").exists()
+    (tmp_path / "rep2" / "demo_options.json").unlink()
     ok = subprocess.run([*script, "--replicates", "2"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["settings"]["replicates"] == 2
@@ -314,7 +322,7 @@ def test_demo_tasks_reach_every_stage_and_a_rerun_must_ask_for_the_same_options(
     summary = demo.run_demo(tmp_path / "d", tasks=["list"])
     stages = {c[0] for c in commands}
     assert stages == {"rmopt-sft", "rmopt-pairs", "rmopt-rm", "rmopt-bon", "rmopt-ppo", "rmopt-ppo-gold"}
-    for c in commands:  # the gold scorer reads each run's saved config instead
+    for c in commands:  # gold scoring builds the toy gold, which does not depend on the tasks
         assert ("data.tasks=[list]" in c) == (c[0] != "rmopt-ppo-gold"), c
     assert summary["settings"]["tasks"] == ["list"]
     assert json.loads((tmp_path / "d" / demo.OPTIONS_FILE).read_text())["tasks"] == ["list"]
@@ -329,3 +337,20 @@ def test_demo_tasks_reach_every_stage_and_a_rerun_must_ask_for_the_same_options(
     with pytest.raises(RmoptError, match=r"toy tasks \['lists'\]: expected"):
         demo.run_demo(tmp_path / "bad", tasks=["lists"])
     assert not (tmp_path / "bad").exists()  # no partial output
+    demo.run_demo(tmp_path / "plain", tasks=demo.default_tasks())  # naming the default tasks is the default world
+    demo.run_demo(tmp_path / "few", extras=False)
+    demo.run_demo(tmp_path / "few")  # adding the controls later redoes nothing the first run made
+    with pytest.raises(RmoptError, match="was run with controls=True, now controls=False"):
+        demo.run_demo(tmp_path / "few", extras=False)
+    # a folder from before demo_options.json: its summary's settings are what it was run with
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "summary.json").write_text(json.dumps({"settings": {"model": "toy-small", "seed": 2, "label_noise": 0.25,
+                                                               "bootstrap": True, "kl_coef": 0.0, "uwo_weight": 0.5,
+                                                               "bon_clean": True}}))
+    with pytest.raises(RmoptError, match="was run with seed=2, now seed=0"):
+        demo.run_demo(old)
+    demo.run_demo(old, seed=2)
+    (old / demo.OPTIONS_FILE).write_text('{"seed": 2')  # cut short
+    with pytest.raises(RmoptError, match="is not valid JSON"):
+        demo.run_demo(old, seed=2)
