@@ -101,8 +101,8 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = No
     ``torch.multinomial`` draws one exponential number per vocabulary entry (its Gumbel-style trick): at 256
     rows of 1024 tokens that is a quarter of a toy decoding step; this draws one number per row. A token
     of probability zero (cut by top-p) is never drawn: the search lands on a token whose interval of the
-    cumulative sum contains the uniform, and a rounding past the end falls back to the last token drawn
-    with positive probability.
+    cumulative sum contains the uniform, and a draw that rounding sends elsewhere falls back to the last
+    token with positive probability.
     """
     device = generator.device if generator is not None else probs.device  # e.g. a CPU generator for a GPU model
     cum = probs.to(device=device, dtype=torch.float64).cumsum(-1)
@@ -110,9 +110,13 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = No
     if not bool(torch.isfinite(total).all() and (total > 0).all()):
         raise RuntimeError("probability tensor contains inf, nan or a row without mass")
     u = torch.rand(probs.size(0), 1, generator=generator, dtype=torch.float64, device=device)
-    drawn = torch.searchsorted(cum, u * total, right=True).squeeze(-1)
-    last = probs.size(-1) - 1 - (probs.to(device).flip(-1) > 0).int().argmax(-1)  # last token of positive mass
-    return torch.minimum(drawn, last).to(probs.device)
+    drawn = torch.searchsorted(cum, u * total, right=True).clamp(max=probs.size(-1) - 1)
+    # a zero-mass token owns an empty interval; should a parallel (GPU) sum round one open, or the uniform
+    # round past the end, take the last token with mass instead
+    p = probs.to(device)
+    last = probs.size(-1) - 1 - (p.flip(-1) > 0).int().argmax(-1, keepdim=True)
+    drawn = torch.where(p.gather(-1, drawn) > 0, drawn, last)
+    return drawn.squeeze(-1).to(probs.device)
 
 
 def decode_answers(tokenizer, answer_ids: list[list[int]]) -> tuple[list[str], list[bool]]:
