@@ -99,7 +99,7 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = No
     uniform number: an exact draw from the row's distribution (the sums in float64).
 
     ``torch.multinomial`` draws one exponential number per vocabulary entry (its Gumbel-style trick): at 256
-    rows of 1024 tokens that is a quarter of a toy decoding step; this draws one number per row. A token
+    rows of 1024 tokens that is about a fifth of a toy decoding step; this draws one number per row. A token
     of probability zero (cut by top-p) is never drawn: the search lands on a token whose interval of the
     cumulative sum contains the uniform, and a draw that rounding sends elsewhere falls back to the last
     token with positive probability.
