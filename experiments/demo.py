@@ -261,15 +261,18 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
             run("rmopt-ppo", "-m", *common, f"seeds={seeds}", "objective=mean,wco,uwo", f"++objective.weight={uwo_weight}",
                 f"output_dir={out}/{folder}/${{objective.name}}", f"hydra.sweep.dir={out}/logs/{folder}-ensemble", log=log, jobs=jobs)
 
-    def ppo_runs(folder: str, kl: float) -> list:
-        """A folder's PPO runs one by one (the same runs as its two sweeps), so that they can fill free cores."""
-        single = [(f"seed{members[i - 1]}", [f"seeds=[{members[i - 1]}]", "objective=single"]) for i in s["ppo_singles"]]
-        ensemble = [(name, [f"seeds={seeds}", f"objective={name}", f"++objective.weight={uwo_weight}"])
+    def ppo_runs(folder: str, kl: float, which: str) -> list:
+        """A folder's single-RM or ensemble PPO runs one by one (the same runs as its two sweeps), so that they
+        can fill free cores."""
+        if which == "single":
+            runs = [(f"seed{members[i - 1]}", [f"seeds=[{members[i - 1]}]", "objective=single"]) for i in s["ppo_singles"]]
+        else:
+            runs = [(name, [f"seeds={seeds}", f"objective={name}", f"++objective.weight={uwo_weight}"])
                     for name in ("mean", "wco", "uwo")]
         return [
             lambda name=name, args=args: run("rmopt-ppo", *ppo_common(kl), *args, f"output_dir={out}/{folder}/{name}",
                                              f"hydra.run.dir={out}/logs/{folder}-{name}", log=log)
-            for name, args in single + ensemble
+            for name, args in runs
         ]
 
     def gold(folder: str) -> None:
@@ -282,7 +285,10 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
             best_of_n(s, out, sft, rm_clean, members, uwo_weight, gold_gens=out / "bon" / GENS_DIR, log=log, seed=seed,
                       folder="bon_clean")
 
-        lanes(bon_lane, *ppo_runs("ppo", kl_coef), *ppo_runs(kl_folder, KL_EXTRA))
+        # longest first, so that the two lanes end together: best-of-n (about 6 min), the ensembles' runs
+        # (5 members score every answer: about 3 min each), then the single RMs' (about 2 min each)
+        lanes(bon_lane, *ppo_runs("ppo", kl_coef, "ensemble"), *ppo_runs(kl_folder, KL_EXTRA, "ensemble"),
+              *ppo_runs("ppo", kl_coef, "single"), *ppo_runs(kl_folder, KL_EXTRA, "single"))
         lanes(lambda: gold("ppo"), lambda: gold(kl_folder))
     else:
         best_of_n(s, out, sft, rm, members, uwo_weight, log=log, seed=seed)
