@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# the main study (25% label noise, no KL penalty); the controls (bon_clean/, ppo_kl0.01/) come with each
+# replicate of make replicates, or with experiments/demo.py run without --no-controls
 demo: install
-	$(BIN)/python experiments/demo.py
+	$(BIN)/python experiments/demo.py --no-controls
 
 demo-quick: install
 	$(BIN)/python experiments/demo.py --quick
