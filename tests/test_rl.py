@@ -98,3 +98,31 @@ def test_an_unknown_algorithm_is_a_one_line_cli_error(tmp_path):
                              f"hydra.run.dir={tmp_path}/h"], capture_output=True, text=True)
     lines = [line for line in result.stderr.strip().splitlines() if line]
     assert result.returncode == 1 and len(lines) == 1 and "sac" in lines[0] and "algorithm" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_one_update_per_batch_takes_the_rollout_log_probs_from_its_own_forward(algorithm, toy_sft_dir, rm_dirs, tmp_path,
+                                                                                 monkeypatch):
+    """ppo_epochs=1 and one mini-batch: the rollout runs the reference's forward only, and training equals the
+    path that also runs the policy's forward in the rollout (up to float rounding)."""
+    from safetensors.torch import load_file
+
+    from rmopt.modules import ppo as module
+    from rmopt.ppo import train
+
+    common = (f"algorithm={algorithm}", "ppo_epochs=1", "minibatch_size=8", "kl_coef=0.05", "trainer.max_steps=3",
+              "eval_every=3", "eval_prompts=2", "optimizer.lr=1e-3", "seeds=[1,2]", "objective=wco")
+    forwards, real = [], module.answer_forward
+    monkeypatch.setattr(module, "answer_forward", lambda *a, **k: forwards.append(torch.is_grad_enabled()) or real(*a, **k))
+    train(ppo_cfg(toy_sft_dir, rm_dirs, tmp_path / "reused", *common))
+    assert forwards == [False, True] * 3  # per step: the reference (no gradients), then the update
+    forwards.clear()
+    monkeypatch.setattr(module.PPOModule, "one_update", lambda self, updates: False)
+    train(ppo_cfg(toy_sft_dir, rm_dirs, tmp_path / "both", *common))
+    assert forwards == [False, False, True] * 3
+    start = load_file(toy_sft_dir / "model.safetensors")
+    a, b = (load_file(tmp_path / run / "policy" / "model.safetensors") for run in ("reused", "both"))
+    moved = max(float((a[k] - start[k]).abs().max()) for k in start if k in a)
+    assert moved > 1e-3
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=moved * 1e-3)

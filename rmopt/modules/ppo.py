@@ -261,18 +261,22 @@ class PPOModule(L.LightningModule):
         return {"prompt_ids": prompt_ids, "answer_ids": answer_ids, "texts": texts, "finished": finished, "batch": batch}
 
     @torch.inference_mode()
-    def rollout(self, instructions, inputs, generator, temperature: float, top_p: float = 1.0) -> dict:
-        """Sample and score one batch of prompts, with the log-probs and values PPO needs (no gradients)."""
+    def rollout(self, instructions, inputs, generator, temperature: float, top_p: float = 1.0, policy: bool = True) -> dict:
+        """Sample and score one batch of prompts, with the log-probs and values PPO needs (no gradients);
+        ``policy=False`` leaves out the policy's own forward (log-probs and values None): the reference's only."""
         r = self.sample(instructions, inputs, generator, temperature, top_p)
         batch = r["batch"]
         value_head = None if self.s.critic_free else self.policy.value_head
-        states, ref_states = paired_answer_states(self.policy.lm, self.reference, batch, self.s.packed_forward)
-        out = answer_forward(self.policy.lm, batch, value_head, self.s.temperature, states=states)
-        ref = answer_forward(self.reference, batch, None, self.s.temperature, states=ref_states)
+        if policy:
+            states, ref_states = paired_answer_states(self.policy.lm, self.reference, batch, self.s.packed_forward)
+            out = answer_forward(self.policy.lm, batch, value_head, self.s.temperature, states=states)
+            ref = answer_forward(self.reference, batch, None, self.s.temperature, states=ref_states)
+        else:
+            out, ref = {}, answer_forward(self.reference, batch, None, self.s.temperature, packed=self.s.packed_forward)
         scores = self.score(instructions, inputs, r["prompt_ids"], r["answer_ids"], r["texts"]).to(self.device)
         return {
             "batch": batch,
-            "logprobs": out["logprobs"],
+            "logprobs": out.get("logprobs"),
             "values": out.get("values"),
             "ref_logprobs": ref["logprobs"],
             "scores": scores,
@@ -294,8 +298,20 @@ class PPOModule(L.LightningModule):
         generator = torch.Generator(device=self.device).manual_seed(self._noise_seed(step, 1))
         world = self.trainer.world_size if self._trainer is not None else 1
         instructions, inputs = self.prompt_batch(step, self.global_rank, world)
-        r = self.rollout(instructions, inputs, generator, s.temperature)
+        n = len(instructions)
+        order_gen = torch.Generator().manual_seed(self._noise_seed(step, 2))
+        updates = [(e, i) for e in range(s.ppo_epochs) for i in range(0, n, s.minibatch_size)]
+        single = self.one_update(len(updates))
+        r = self.rollout(instructions, inputs, generator, s.temperature, policy=not single)
         batch, mask = r["batch"], r["batch"]["answer_mask"]
+        first = None
+        if single:
+            perm = torch.randperm(n, generator=order_gen).to(self.device)
+            first = self._update_forward({k: v[perm] for k, v in batch.items()})
+            unpermute = torch.empty_like(perm)
+            unpermute[perm] = torch.arange(n, device=perm.device)
+            r["logprobs"] = first["logprobs"].detach()[unpermute]
+            r["values"] = None if s.critic_free else first["values"].detach()[unpermute]
         old_logprobs, ref_logprobs = r["logprobs"].clone(), r["ref_logprobs"].clone()
         if s.critic_free:  # a whole answer's reward against its group's: no value head
             old_values = returns = None
@@ -317,17 +333,12 @@ class PPOModule(L.LightningModule):
         rollout_time = time.perf_counter() - start
 
         opt = self.optimizers()
-        n = mask.size(0)
-        order_gen = torch.Generator().manual_seed(self._noise_seed(step, 2))
-        updates = [(e, i) for e in range(s.ppo_epochs) for i in range(0, n, s.minibatch_size)]
         acc: dict[str, list[float]] = {}
         for u, (_, i) in enumerate(updates):
-            if i == 0:
+            if i == 0 and first is None:
                 perm = torch.randperm(n, generator=order_gen).to(self.device)
             idx = perm[i : i + s.minibatch_size]
-            sub = {k: v[idx] for k, v in batch.items()}
-            value_head = None if s.critic_free else self.policy.value_head
-            out = answer_forward(self.policy.lm, sub, value_head, s.temperature, with_entropy=True, packed=s.packed_forward)
+            out = first if first is not None else self._update_forward({k: v[idx] for k, v in batch.items()})
             pl, pstats = policy_loss(out["logprobs"], old_logprobs[idx], advantages[idx], mask[idx], s.cliprange)
             if s.critic_free:
                 vl, vstats = torch.zeros(()), {"vf_clipfrac": torch.zeros(())}
@@ -388,6 +399,16 @@ class PPOModule(L.LightningModule):
         last = self.trainer.max_steps is not None and step + 1 == self.trainer.max_steps
         if (s.eval_every and (step + 1) % s.eval_every == 0) or (last and not self.eval_path(step + 1).exists()):
             self.evaluate(step + 1)
+
+    def one_update(self, updates: int) -> bool:
+        """One update on the whole batch (``ppo_epochs=1``, one mini-batch): its own forward then gives the
+        rollout's log-probs and values (the policy has not moved yet), so the rollout runs the reference's only."""
+        return updates == 1
+
+    def _update_forward(self, sub: dict) -> dict:
+        """The policy's forward on a mini-batch of the rollout, with gradients: log-probs, values, entropy."""
+        value_head = None if self.s.critic_free else self.policy.value_head
+        return answer_forward(self.policy.lm, sub, value_head, self.s.temperature, with_entropy=True, packed=self.s.packed_forward)
 
     # ------------------------------------------------------------------ evaluation
     def eval_path(self, step: int) -> Path:
