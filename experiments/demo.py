@@ -7,7 +7,7 @@ the CLI, then writes `<out>/summary.json` and `<out>/report.md` with the figures
 2. gold-labelled preference pairs (25% noise; and clean) rmopt-pairs
 3. a 5-seed reward-model ensemble on each            rmopt-rm -m seed=1,2,3,4,5 hydra/launcher=joblib
 4. best-of-n for every member, mean, WCO and UWO     rmopt-bon  (bon/, and bon_clean/ on the same answers)
-5. PPO with single RMs and with mean/WCO/UWO         rmopt-ppo ...  (ppo/ and ppo_kl0.01/; -m sweeps with --no-controls)
+5. PPO with single RMs and with mean/WCO/UWO         rmopt-ppo ...  (ppo/ and ppo_kl0.01/)
 6. gold evaluation of the PPO runs                   rmopt-ppo-gold
 
 Independent stages run side by side, one CPU core each; `--no-controls` skips the clean-label and
@@ -250,20 +250,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
             f"eval_samples={s['eval_samples']}", "logger=csv",
         ]
 
-    def ppo(folder: str, kl: float, which: str, jobs: int | None) -> None:
-        """A folder's single-RM runs or ensemble runs as one sweep."""
-        common = [*ppo_common(kl), "hydra/launcher=joblib"]
-        if which == "single":
-            singles = ",".join(f"[{members[i - 1]}]" for i in s["ppo_singles"])
-            run("rmopt-ppo", "-m", *common, f"seeds={singles}", "objective=single", f"output_dir={out}/{folder}/seed${{seeds.0}}",
-                f"hydra.sweep.dir={out}/logs/{folder}-single", log=log, jobs=jobs)
-        else:
-            run("rmopt-ppo", "-m", *common, f"seeds={seeds}", "objective=mean,wco,uwo", f"++objective.weight={uwo_weight}",
-                f"output_dir={out}/{folder}/${{objective.name}}", f"hydra.sweep.dir={out}/logs/{folder}-ensemble", log=log, jobs=jobs)
-
     def ppo_runs(folder: str, kl: float, which: str) -> list:
-        """A folder's single-RM or ensemble PPO runs one by one (the same runs as its two sweeps), so that they
-        can fill free cores."""
+        """A folder's single-RM or ensemble PPO runs, one process each, so that they can fill free cores."""
         if which == "single":
             runs = [(f"seed{members[i - 1]}", [f"seeds=[{members[i - 1]}]", "objective=single"]) for i in s["ppo_singles"]]
         else:
@@ -291,9 +279,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
               *ppo_runs("ppo", kl_coef, "single"), *ppo_runs(kl_folder, KL_EXTRA, "single"))
         lanes(lambda: gold("ppo"), lambda: gold(kl_folder))
     else:
-        best_of_n(s, out, sft, rm, members, uwo_weight, log=log, seed=seed)
-        ppo("ppo", kl_coef, "single", None)
-        ppo("ppo", kl_coef, "ensemble", None)
+        lanes(lambda: best_of_n(s, out, sft, rm, members, uwo_weight, log=log, seed=seed),
+              *ppo_runs("ppo", kl_coef, "ensemble"), *ppo_runs("ppo", kl_coef, "single"))
         gold("ppo")
 
     from experiments.report import write_report

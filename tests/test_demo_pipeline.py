@@ -338,7 +338,11 @@ def test_demo_tasks_reach_every_stage_and_a_rerun_must_ask_for_the_same_options(
         demo.run_demo(tmp_path / "bad", tasks=["lists"])
     assert not (tmp_path / "bad").exists()  # no partial output
     demo.run_demo(tmp_path / "plain", tasks=demo.default_tasks())  # naming the default tasks is the default world
-    demo.run_demo(tmp_path / "few", extras=False)
+    commands.clear()
+    demo.run_demo(tmp_path / "few", extras=False)  # make demo: the main study, its runs one process each
+    outputs = sorted(a.split("/few/")[1] for c in commands if c[0] == "rmopt-ppo" for a in c if a.startswith("output_dir="))
+    assert outputs == [f"ppo/{name}" for name in ("mean", "seed1", "seed2", "seed3", "uwo", "wco")]
+    assert [c[0] for c in commands].count("rmopt-bon") == 1 and not any("-m" in c for c in commands if c[0] == "rmopt-ppo")
     demo.run_demo(tmp_path / "few")  # adding the controls later redoes nothing the first run made
     with pytest.raises(RmoptError, match="was run with controls=True, now controls=False"):
         demo.run_demo(tmp_path / "few", extras=False)
