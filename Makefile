@@ -26,7 +26,7 @@ demo: install
 demo-quick: install
 	$(BIN)/python experiments/demo.py --quick
 
-# the demo K times with independent seeds (rep1 = make demo), summary and report over replicates
+# the demo K times with independent seeds (rep1 = make demo plus the controls), summary and report over replicates
 REPLICATES ?= 3
 replicates: install
 	$(BIN)/python experiments/replicate.py --replicates $(REPLICATES) --out runs/replicates

@@ -65,12 +65,13 @@ def run(*args: str, log=None, jobs: int | None = None) -> None:
     print(f"  done in {time.time() - start:.0f} s  ({args[0]} {args[1] if len(args) > 1 else ''} ...)", flush=True)
 
 
-def lanes(*work, workers: int = 2) -> None:
-    """Run the lanes (functions of no arguments, each running its stages in order) ``workers`` at a time,
-    one CPU core each, the next starting as soon as one ends, in the order given; the first failure is
-    raised once every lane has stopped."""
+def lanes(*work, workers: int | None = None) -> None:
+    """Run the lanes (functions of no arguments, each running its stages in order) ``workers`` at a time
+    (default: $RMOPT_JOBS, else 2), one CPU core each, the next starting as soon as one ends, in the order
+    given; the first failure is raised once every lane has stopped."""
     from concurrent.futures import ThreadPoolExecutor
 
+    workers = int(os.environ.get("RMOPT_JOBS", "2")) if workers is None else workers
     with ThreadPoolExecutor(min(workers, len(work))) as pool:
         for future in [pool.submit(w) for w in work]:
             future.result()
@@ -103,28 +104,31 @@ def recorded_options(out: Path) -> dict | None:
             "controls": st.get("bon_clean"), "tasks": st.get("tasks")}
 
 
-def differing_option(before: dict, now: dict, ignore=(), adding_controls: bool = True) -> tuple | None:
+def differing_option(before: dict, now: dict, ignore=(), controls_either_way: bool = True) -> tuple | None:
     """The first option on which two demo runs differ, as (key, before's value, now's value); None if they agree.
-    ``adding_controls``: a rerun that adds the controls to a run without them is no difference (it redoes
-    nothing they share)."""
+    ``controls_either_way``: a rerun with or without the controls is no difference: adding them runs only the
+    controls, and leaving them out of a run that has them runs nothing (the folder keeps them)."""
     for key, value in now.items():
         was = before.get(key)
-        if key in ignore or was == value or (adding_controls and key == "controls" and was is False and value is True):
+        if key in ignore or was == value or (controls_either_way and key == "controls" and {was, value} == {False, True}):
             continue
         return key, was, value
     return None
 
 
-def check_options(out: Path, options: dict) -> None:
+def check_options(out: Path, options: dict) -> dict:
     """A rerun into ``out`` skips the stages already done, so it must ask for what the first run did:
-    refuse other options (one line naming the first that differs), else record them in out/demo_options.json."""
+    refuse other options (one line naming the first that differs), else record them in out/demo_options.json
+    and return them (with the controls if either run has them)."""
     before = recorded_options(out)
     diff = None if before is None else differing_option(before, options)
     if diff:
         key, was, value = diff
         raise RmoptError(f"{out} was run with {key}={was!r}, now {key}={value!r}: its finished stages would mix the two; "
                          "expected the same options, or another --out")
+    options = {**options, "controls": bool(options["controls"] or (before or {}).get("controls"))}
     atomic_write_text(out / OPTIONS_FILE, json.dumps(options, indent=1) + "\n")
+    return options
 
 
 def default_tasks() -> list[str]:
@@ -223,8 +227,9 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
 
         s = {**s, "tasks": list(check_tasks(tasks))}
     out.mkdir(parents=True, exist_ok=True)
-    check_options(out, {"quick": quick, "seed": seed, "label_noise": label_noise, "bootstrap": bootstrap, "kl_coef": kl_coef,
-                        "uwo_weight": uwo_weight, "controls": extras, "tasks": s.get("tasks")})
+    options = check_options(out, {"quick": quick, "seed": seed, "label_noise": label_noise, "bootstrap": bootstrap,
+                                  "kl_coef": kl_coef, "uwo_weight": uwo_weight, "controls": extras, "tasks": s.get("tasks")})
+    extras = options["controls"]  # a folder that has the controls keeps them in its report
     log = None if verbose else open(out / "demo.log", "a")
     if log:
         print(f"stage output goes to {out / 'demo.log'}")

@@ -77,8 +77,6 @@ def warm_model(demo: Path, out: Path, log=None) -> Path:
 def train_all(demo: Path, out: Path, algorithms, log=None) -> dict[str, dict[str, Path]]:
     """Every (algorithm, reward) run, ``RMOPT_JOBS`` (default 2) at a time, one CPU core each; PPO's single / WCO /
     UWO are the demo's own."""
-    import os
-
     from experiments.demo import lanes
 
     base, warm = demo_runs(demo), warm_model(demo, out, log)
@@ -97,7 +95,7 @@ def train_all(demo: Path, out: Path, algorithms, log=None) -> dict[str, dict[str
                 changes += [f'proxy_rm_path="{warm}"', "seeds=[0]"]
             tasks.append(lambda source=source, folder=folder, changes=changes: rerun("rmopt-rl", source, folder, *changes, log=log))
             runs[algorithm][reward] = folder
-    lanes(*tasks, workers=int(os.environ.get("RMOPT_JOBS", "2")))
+    lanes(*tasks)
     for algorithm in algorithms:
         trained = [str(p) for r, p in runs[algorithm].items() if not (algorithm == "ppo" and r != "warm")]
         if trained:

@@ -1,8 +1,8 @@
 """Replicates of the whole demo: `make replicates` (K = 3).
 
 Reruns the demo pipeline K times with independent seeds for everything that is random (SFT, pairs,
-reward models, best-of-n sampling, PPO; replicate r runs `experiments/demo.py --seed r-1`, so rep1 is
-`make demo`), each into its own demo folder `<out>/rep1 ... repK`, then writes:
+reward models, best-of-n sampling, PPO; replicate r runs `experiments/demo.py --seed r-1`, with the controls, so rep1 is
+`make demo` plus the controls), each into its own demo folder `<out>/rep1 ... repK`, then writes:
 
 - `<out>/summary.json`: every summary number of the demo (each ensemble and the average single RM, for
   best-of-n and PPO) and every comparison with the average single RM, as the mean over replicates
@@ -167,7 +167,7 @@ def main() -> None:
                          "each holding a demo's summary.json (run without --report-only first)")
         first = recorded_options(reps[0])
         for rep in reps[1:]:
-            diff = differing_option(first, recorded_options(rep), ignore=("seed",), adding_controls=False)
+            diff = differing_option(first, recorded_options(rep), ignore=("seed",), controls_either_way=False)
             if diff:
                 key, was, value = diff
                 parser.error(f"--report-only: {reps[0].name} was run with {key}={was!r}, {rep.name} with {key}={value!r}; "

@@ -344,8 +344,10 @@ def test_demo_tasks_reach_every_stage_and_a_rerun_must_ask_for_the_same_options(
     assert outputs == [f"ppo/{name}" for name in ("mean", "seed1", "seed2", "seed3", "uwo", "wco")]
     assert [c[0] for c in commands].count("rmopt-bon") == 1 and not any("-m" in c for c in commands if c[0] == "rmopt-ppo")
     demo.run_demo(tmp_path / "few")  # adding the controls later redoes nothing the first run made
-    with pytest.raises(RmoptError, match="was run with controls=True, now controls=False"):
-        demo.run_demo(tmp_path / "few", extras=False)
+    commands.clear()
+    demo.run_demo(tmp_path / "few", extras=False)  # leaving them out later: the folder keeps them
+    assert [c[0] for c in commands].count("rmopt-bon") == 2
+    assert json.loads((tmp_path / "few" / demo.OPTIONS_FILE).read_text())["controls"] is True
     # a folder from before demo_options.json: its summary's settings are what it was run with
     old = tmp_path / "old"
     old.mkdir()

@@ -126,3 +126,9 @@ def test_one_update_per_batch_takes_the_rollout_log_probs_from_its_own_forward(a
     assert moved > 1e-3
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=moved * 1e-3)
+    if algorithm == "ppo":  # the value head too: its old values came from the same forward
+        from rmopt.ppo import VALUE_HEAD_FILE
+
+        va, vb = (load_file(tmp_path / run / "policy" / VALUE_HEAD_FILE) for run in ("reused", "both"))
+        for key in va:
+            torch.testing.assert_close(va[key], vb[key], rtol=0, atol=moved * 1e-3)

@@ -304,10 +304,12 @@ class PPOModule(L.LightningModule):
         single = self.one_update(len(updates))
         r = self.rollout(instructions, inputs, generator, s.temperature, policy=not single)
         batch, mask = r["batch"], r["batch"]["answer_mask"]
-        first = None
+        first, first_s = None, 0.0
         if single:
             perm = torch.randperm(n, generator=order_gen).to(self.device)
+            t = time.perf_counter()
             first = self._update_forward({k: v[perm] for k, v in batch.items()})
+            first_s = time.perf_counter() - t  # the update's forward: not the rollout's time
             unpermute = torch.empty_like(perm)
             unpermute[perm] = torch.arange(n, device=perm.device)
             r["logprobs"] = first["logprobs"].detach()[unpermute]
@@ -330,7 +332,7 @@ class PPOModule(L.LightningModule):
             advantages, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
             if s.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
-        rollout_time = time.perf_counter() - start
+        rollout_time = time.perf_counter() - start - first_s
 
         opt = self.optimizers()
         acc: dict[str, list[float]] = {}
