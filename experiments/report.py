@@ -301,6 +301,8 @@ def write_report(out: Path, settings: dict) -> dict:
     uncertainty = ("the standard errors are over prompts (one run: they do not include the spread between reruns with other "
                    "seeds; `make replicates` measures that).")
     text = report_text(summary, settings, "overoptimization.png", uncertainty,
-                       f"Made by `experiments/demo.py` (its last invocation took {settings['minutes']} minutes; stages already done are skipped).")
+                       f"Made by `experiments/demo.py` (its last invocation took {settings['minutes']} minutes"
+                       f"{', sharing the cores with other replicates' if settings.get('shared_cores') else ''}; "
+                       "stages already done are skipped).")
     atomic_write_text(out / "report.md", text)
     return json.loads(json.dumps(summary))
