@@ -65,7 +65,7 @@ def run(*args: str, log=None, jobs: int | None = None) -> None:
     if not (BIN / args[0]).exists():
         raise RmoptError(f"console script {args[0]!r} is not in {BIN}; expected the project installed there "
                          "(make install, or pip install -e . after pulling new stages)")
-    with cores(int(jobs)):
+    with cores(cores_needed(args, jobs)):
         print(f"\n$ {shown}", flush=True)
         start = time.time()
         subprocess.run([str(BIN / args[0]), *args[1:]], check=True, cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -82,6 +82,11 @@ def lanes(*work, workers: int | None = None) -> None:
     with ThreadPoolExecutor(min(workers, len(work))) as pool:  # each lane shares its caller's cores (share_cores)
         for future in [pool.submit(contextvars.copy_context().run, w) for w in work]:
             future.result()
+
+
+def cores_needed(args, jobs) -> int:
+    """The cores a stage runs on: a sweep (``-m``) its ``jobs`` concurrent jobs, any other stage one."""
+    return int(jobs) if "-m" in args or "--multirun" in args else 1
 
 
 class Stopped(Exception):

@@ -304,6 +304,14 @@ def test_shared_cores_never_run_more_stages_than_cores_and_lanes_inside_share_th
     assert peak[0] == 2 and len(done) == 18  # three pipelines of 2 + 2 lanes each wanting a core: never more than 2 at once
 
 
+def test_a_stage_holds_one_core_and_a_sweep_its_jobs():
+    from experiments.demo import cores_needed
+
+    assert cores_needed(["rmopt-sft", "experiment=toy"], "2") == 1  # RMOPT_JOBS is a sweep's, not every stage's
+    assert cores_needed(["rmopt-rm", "-m", "seed=1,2,3"], "2") == 2
+    assert cores_needed(["rmopt-rm", "--multirun", "seed=1,2"], 1) == 1
+
+
 def test_free_cores_go_to_the_earliest_pipeline_waiting():
     import threading
 
