@@ -108,11 +108,14 @@ class CorePool:
         self._cond = threading.Condition()
         self._waiting: list[tuple[int, int]] = []  # heap of (priority, arrival)
         self._arrival = itertools.count()
+        self.asked: set[int] = set()  # priorities that have asked for cores
 
     @contextmanager
     def hold(self, n: int, priority: int):
         n = min(max(n, 1), self.size)
         with self._cond:
+            self.asked.add(priority)
+            self._cond.notify_all()
             ticket = (priority, next(self._arrival))
             heapq.heappush(self._waiting, ticket)
             try:
@@ -161,11 +164,17 @@ def share_cores(*pipelines, size: int | None = None) -> list:
             if not isinstance(error, Stopped):
                 failures.append(error)
             pool.stop()
+        finally:
+            with pool._cond:
+                pool.asked.add(i)
+                pool._cond.notify_all()
 
     threads = [threading.Thread(target=contextvars.copy_context().run, args=(run_one, i, p), daemon=True)
                for i, p in enumerate(pipelines)]
-    for t in threads:
+    for i, t in enumerate(threads):  # each starts once the one before has asked for cores (or ended): first come, first served
         t.start()
+        with pool._cond:
+            pool._cond.wait_for(lambda i=i: i in pool.asked)
     for t in threads:
         t.join()
     if failures:

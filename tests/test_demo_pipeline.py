@@ -304,6 +304,25 @@ def test_shared_cores_never_run_more_stages_than_cores_and_lanes_inside_share_th
     assert peak[0] == 2 and len(done) == 18  # three pipelines of 2 + 2 lanes each wanting a core: never more than 2 at once
 
 
+def test_the_first_pipeline_gets_the_cores_first_even_when_it_is_slow_to_ask():
+    import time as clock
+
+    from experiments.demo import cores, share_cores
+
+    order = []
+
+    def pipeline(p, setup):
+        def run():
+            clock.sleep(setup)  # e.g. imports and option checks before the first stage
+            for i in range(2):
+                with cores():
+                    order.append((p, i))
+        return run
+
+    share_cores(pipeline(0, 0.1), pipeline(1, 0.0), size=1)
+    assert order[0] == (0, 0)
+
+
 def test_a_stage_holds_one_core_and_a_sweep_its_jobs():
     from experiments.demo import cores_needed
 
