@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-import heapq
-import itertools
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
+from experiments.cores import Stopped, cores, cores_needed, default_cores, shared_cores, stop_shared  # noqa: E402
 from rmopt.errors import ArgumentParser, RmoptError  # noqa: E402
 from rmopt.utils import atomic_write_text  # noqa: E402
 
@@ -57,129 +55,47 @@ MEMBERS = 5
 
 
 def run(*args: str, log=None, jobs: int | None = None) -> None:
-    """Run one console script, echoing the command as a user would type it; ``jobs``: a sweep's concurrent jobs
-    (under ``share_cores``, the cores it waits for)."""
+    """Run one console script, echoing the command as a user would type it; ``jobs``: a sweep's concurrent
+    jobs. Under ``share_cores`` (experiments/cores.py) it first waits for its cores: a sweep's jobs, else one."""
     shown = " ".join(a if " " not in a and "{" not in a else repr(a) for a in args)
     jobs = os.environ.get("RMOPT_JOBS", "2") if jobs is None else str(jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RMOPT_JOBS": jobs}
     if not (BIN / args[0]).exists():
         raise RmoptError(f"console script {args[0]!r} is not in {BIN}; expected the project installed there "
                          "(make install, or pip install -e . after pulling new stages)")
-    with cores(cores_needed(args, jobs)):
+    need = cores_needed(args, jobs)
+    with cores(need) as held:
+        if held is not None and need > 1:
+            jobs = str(held)  # a sweep runs on the cores it holds
         print(f"\n$ {shown}", flush=True)
         start = time.time()
-        subprocess.run([str(BIN / args[0]), *args[1:]], check=True, cwd=ROOT, env=env, stdout=log, stderr=log)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RMOPT_JOBS": jobs}
+        try:
+            subprocess.run([str(BIN / args[0]), *args[1:]], check=True, cwd=ROOT, env=env, stdout=log, stderr=log)
+        except BaseException:
+            stop_shared()  # pipelines sharing the cores start no further stage
+            raise
     print(f"  done in {time.time() - start:.0f} s  ({args[0]} {args[1] if len(args) > 1 else ''} ...)", flush=True)
 
 
 def lanes(*work, workers: int | None = None) -> None:
     """Run the lanes (functions of no arguments, each running its stages in order) ``workers`` at a time
     (default: $RMOPT_JOBS, else 2), one CPU core each, the next starting as soon as one ends, in the order
-    given; the first failure is raised once every lane has stopped."""
+    given; once every lane has stopped, the first failure is raised (one that is not another's ``Stopped``)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = int(os.environ.get("RMOPT_JOBS", "2")) if workers is None else workers
+    workers = default_cores() if workers is None else workers
+    errors = []
     with ThreadPoolExecutor(min(workers, len(work))) as pool:  # each lane shares its caller's cores (share_cores)
         for future in [pool.submit(contextvars.copy_context().run, w) for w in work]:
-            future.result()
-
-
-def cores_needed(args, jobs) -> int:
-    """The cores a stage runs on: a sweep (``-m``) its ``jobs`` concurrent jobs, any other stage one."""
-    return int(jobs) if "-m" in args or "--multirun" in args else 1
-
-
-class Stopped(Exception):
-    """A stage not started because another pipeline sharing the cores failed."""
-
-
-class CorePool:
-    """``size`` CPU cores shared by the stages of pipelines run at once (``share_cores``).
-
-    A stage waits until its cores are free; free cores go first to the waiting stage of the lowest priority
-    (the earliest pipeline), so pipeline 1 runs as it would alone, and a core it leaves idle (while its
-    SFT runs alone, at its tail) runs the next pipeline's stages. ``stop`` makes every waiting stage raise ``Stopped``.
-    """
-
-    def __init__(self, size: int):
-        if size < 1:
-            raise ValueError(f"a core pool of {size} cores; expected at least 1")
-        self.size, self.free, self.stopped = size, size, False
-        self._cond = threading.Condition()
-        self._waiting: list[tuple[int, int]] = []  # heap of (priority, arrival)
-        self._arrival = itertools.count()
-        self.asked: set[int] = set()  # priorities that have asked for cores
-
-    @contextmanager
-    def hold(self, n: int, priority: int):
-        n = min(max(n, 1), self.size)
-        with self._cond:
-            self.asked.add(priority)
-            self._cond.notify_all()
-            ticket = (priority, next(self._arrival))
-            heapq.heappush(self._waiting, ticket)
             try:
-                self._cond.wait_for(lambda: self.stopped or (self._waiting[0] == ticket and self.free >= n))
-            finally:
-                self._waiting.remove(ticket)
-                heapq.heapify(self._waiting)
-                self._cond.notify_all()  # the next in line may fit in what is left
-            if self.stopped:
-                raise Stopped("not started: a pipeline sharing the cores failed")
-            self.free -= n
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.free += n
-                self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self.stopped = True
-            self._cond.notify_all()
+                future.result()
+            except BaseException as error:  # noqa: BLE001 - raised below, once every lane has stopped
+                errors.append(error)
+    if errors:
+        raise next((e for e in errors if not isinstance(e, Stopped)), errors[0])
 
 
-_SHARED: contextvars.ContextVar = contextvars.ContextVar("rmopt_shared_cores", default=None)  # (CorePool, priority)
-
-
-def cores(n: int = 1):
-    """Hold ``n`` of the shared cores (``share_cores``) for a block; nothing to hold outside ``share_cores``."""
-    shared = _SHARED.get()
-    return shared[0].hold(n, shared[1]) if shared else nullcontext()
-
-
-def share_cores(*pipelines, size: int | None = None) -> list:
-    """Run the pipelines (functions of no arguments) at once, their stages sharing ``size`` cores (default
-    $RMOPT_JOBS, else 2) by priority: the first pipeline's first. Returns their results in order; the first
-    failure stops the stages not yet started and is raised once every pipeline has stopped."""
-    pool = CorePool(int(os.environ.get("RMOPT_JOBS", "2")) if size is None else size)
-    results, failures = [None] * len(pipelines), []
-
-    def run_one(i, pipeline):
-        _SHARED.set((pool, i))
-        try:
-            results[i] = pipeline()
-        except BaseException as error:  # noqa: BLE001 - raised below, after the others stop
-            if not isinstance(error, Stopped):
-                failures.append(error)
-            pool.stop()
-        finally:
-            with pool._cond:
-                pool.asked.add(i)
-                pool._cond.notify_all()
-
-    threads = [threading.Thread(target=contextvars.copy_context().run, args=(run_one, i, p), daemon=True)
-               for i, p in enumerate(pipelines)]
-    for i, t in enumerate(threads):  # each starts once the one before has asked for cores (or ended): first come, first served
-        t.start()
-        with pool._cond:
-            pool._cond.wait_for(lambda i=i: i in pool.asked)
-    for t in threads:
-        t.join()
-    if failures:
-        raise failures[0]
-    return results
+_REPORT_LOCK = threading.Lock()  # one report at a time in this process (pyplot's figures are not thread-safe)
 
 
 def toy_args(s: dict) -> list[str]:
@@ -398,8 +314,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, label_noise: float =
     settings = {**s, "seed": seed, "label_noise": label_noise, "bootstrap": bootstrap, "kl_coef": kl_coef,
                 "uwo_weight": uwo_weight, "normalise": True, "members": members, "rm_val_split": RM_VAL_SPLIT,
                 "bon_clean": extras, "ppo_kl": KL_EXTRA if extras else None,
-                "minutes": round((time.time() - start) / 60, 1), "shared_cores": _SHARED.get() is not None}
-    with cores():
+                "minutes": round((time.time() - start) / 60, 1), "shared_cores": shared_cores()}
+    with _REPORT_LOCK:
         summary = write_report(out, settings)
     print(f"\nsummary: {out / 'summary.json'}\nreport:  {out / 'report.md'}  ({settings['minutes']} min)")
     return summary

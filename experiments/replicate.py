@@ -2,7 +2,9 @@
 
 Reruns the demo pipeline K times with independent seeds for everything that is random (SFT, pairs,
 reward models, best-of-n sampling, PPO; replicate r runs `experiments/demo.py --seed r-1`, with the controls, so rep1 is
-`make demo` plus the controls), each into its own demo folder `<out>/rep1 ... repK`, then writes:
+`make demo` plus the controls), each into its own demo folder `<out>/rep1 ... repK`. The replicates run at once, sharing the cores
+(`experiments/cores.py`): replicate 1's stages first, the later ones on the cores it leaves idle; each stage
+runs as it would alone, so the outputs are those of running the replicates one after another. Then it writes:
 
 - `<out>/summary.json`: every summary number of the demo (each ensemble and the average single RM, for
   best-of-n and PPO) and every comparison with the average single RM, as the mean over replicates
@@ -29,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.demo import ROOT, add_tasks_option, differing_option, recorded_options, run_demo, share_cores  # noqa: E402
+from experiments.cores import share_cores  # noqa: E402
+from experiments.demo import ROOT, add_tasks_option, differing_option, recorded_options, run_demo  # noqa: E402
 from experiments.report import (  # noqa: E402
     SINGLE,
     STAGES,
@@ -126,7 +129,10 @@ def write_replicate_report(out: Path, reps: Sequence[Path], minutes: float | Non
     settings = {**summaries[0]["settings"], "replicates": len(reps), "seeds": [s["settings"].get("seed") for s in summaries],
                 "members": [s["settings"]["members"] for s in summaries], "minutes": [s["settings"].get("minutes") for s in summaries]}
     if minutes is None:  # a redraw: the whole run's time stands while its replicates are the ones it timed
-        before = json.loads((out / "summary.json").read_text()).get("settings", {}) if (out / "summary.json").exists() else {}
+        try:
+            before = json.loads((out / "summary.json").read_text()).get("settings", {})
+        except (OSError, json.JSONDecodeError):  # none yet, or not readable: no whole-run time to keep
+            before = {}
         minutes = before.get("total_minutes") if before.get("minutes") == settings["minutes"] else None
     if minutes is not None:
         settings["total_minutes"] = minutes
@@ -195,9 +201,10 @@ def main() -> None:
             print(f"\n=== replicate {r} of {args.replicates} done ({(time.time() - start) / 60:.1f} min) ===", flush=True)
         return pipeline
 
-    # the replicates run at once on the two cores, replicate 1's stages first: a core that one leaves idle
+    # the replicates run at once on the cores, replicate 1's stages first: a core that one leaves idle
     # (its SFT runs alone, its last runs end unevenly) runs the next one's stages; the same runs, the same outputs
-    share_cores(*[replicate(r) for r in range(1, args.replicates + 1)])
+    share_cores(*[replicate(r) for r in range(1, args.replicates + 1)],
+                names=[f"replicate {r} ({out.name}/rep{r}/demo.log)" for r in range(1, args.replicates + 1)])
     write_replicate_report(out, reps, minutes=round((time.time() - start) / 60, 1))
     print(f"\nsummary: {out / 'summary.json'}\nreport:  {out / 'report.md'}  ({(time.time() - start) / 60:.1f} min)")
 

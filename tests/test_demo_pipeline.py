@@ -274,122 +274,6 @@ def test_lanes_run_at_most_workers_at_once_in_order_and_raise_the_first_failure(
     assert sorted(started) == ["a", "b", "c"]  # every lane ran although one failed
 
 
-def test_shared_cores_never_run_more_stages_than_cores_and_lanes_inside_share_them():
-    import threading
-    import time as clock
-
-    from experiments.demo import cores, lanes, share_cores
-
-    lock, held, peak, done = threading.Lock(), [0], [0], []
-
-    def stage(name, n=1):
-        with cores(n):
-            with lock:
-                held[0] += n
-                peak[0] = max(peak[0], held[0])
-            clock.sleep(0.02)
-            with lock:
-                held[0] -= n
-                done.append(name)
-
-    def pipeline(p):  # a stage alone, two lanes of two stages, a stage needing both cores
-        def run():
-            stage(f"{p}.sft")
-            lanes(lambda: [stage(f"{p}.a{i}") for i in range(2)], lambda: [stage(f"{p}.b{i}") for i in range(2)], workers=2)
-            stage(f"{p}.sweep", n=2)
-            return p
-        return run
-
-    assert share_cores(*[pipeline(p) for p in range(3)], size=2) == [0, 1, 2]
-    assert peak[0] == 2 and len(done) == 18  # three pipelines of 2 + 2 lanes each wanting a core: never more than 2 at once
-
-
-def test_the_first_pipeline_gets_the_cores_first_even_when_it_is_slow_to_ask():
-    import time as clock
-
-    from experiments.demo import cores, share_cores
-
-    order = []
-
-    def pipeline(p, setup):
-        def run():
-            clock.sleep(setup)  # e.g. imports and option checks before the first stage
-            for i in range(2):
-                with cores():
-                    order.append((p, i))
-        return run
-
-    share_cores(pipeline(0, 0.1), pipeline(1, 0.0), size=1)
-    assert order[0] == (0, 0)
-
-
-def test_a_stage_holds_one_core_and_a_sweep_its_jobs():
-    from experiments.demo import cores_needed
-
-    assert cores_needed(["rmopt-sft", "experiment=toy"], "2") == 1  # RMOPT_JOBS is a sweep's, not every stage's
-    assert cores_needed(["rmopt-rm", "-m", "seed=1,2,3"], "2") == 2
-    assert cores_needed(["rmopt-rm", "--multirun", "seed=1,2"], 1) == 1
-
-
-def test_free_cores_go_to_the_earliest_pipeline_waiting():
-    import threading
-
-    from experiments.demo import CorePool
-
-    pool, order, lock = CorePool(1), [], threading.Lock()
-    release = threading.Event()
-
-    def holder():
-        with pool.hold(1, priority=9):
-            release.wait(5)
-
-    def waiter(priority):
-        with pool.hold(1, priority):
-            with lock:
-                order.append(priority)
-
-    first = threading.Thread(target=holder)
-    first.start()
-    while pool.free:  # until the holder has the core
-        pass
-    threads = []
-    for priority in (2, 0, 1):  # arriving in this order while the core is busy
-        threads.append(threading.Thread(target=waiter, args=(priority,)))
-        threads[-1].start()
-        while len(pool._waiting) < len(threads):
-            pass
-    release.set()
-    for t in [first, *threads]:
-        t.join(5)
-    assert order == [0, 1, 2]
-    with pytest.raises(ValueError, match="0 cores"):
-        CorePool(0)
-
-
-def test_a_failing_pipeline_stops_the_others_next_stages_and_its_error_is_raised():
-    import time as clock
-
-    from experiments.demo import _SHARED, cores, share_cores
-
-    ran = []
-
-    def slow():
-        for i in range(50):
-            while i == 1 and not _SHARED.get()[0].stopped:  # the second stage comes once the other pipeline has failed
-                clock.sleep(0.001)
-            with cores():
-                ran.append(i)
-
-    def failing():
-        with cores():
-            pass
-        raise RuntimeError("replicate 2 broke")
-
-    with pytest.raises(RuntimeError, match="replicate 2 broke"):  # not the other pipeline's Stopped
-        share_cores(slow, failing, size=2)
-    assert ran == [0]
-
-
 def test_replicate_report_only_redraws_from_finished_folders_and_refuses_a_missing_one(demo_dir, tmp_path):
     import shutil
     import subprocess
@@ -417,6 +301,18 @@ def test_replicate_report_only_redraws_from_finished_folders_and_refuses_a_missi
     ok = subprocess.run([*script, "--replicates", "2"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["settings"]["replicates"] == 2
+    # the whole run's minutes: written by a run, kept by a redraw of the same replicates, dropped once one is rerun
+    from experiments.replicate import write_replicate_report
+
+    reps = [tmp_path / "rep1", tmp_path / "rep2"]
+    assert write_replicate_report(tmp_path, reps, minutes=12.5)["settings"]["total_minutes"] == 12.5
+    assert write_replicate_report(tmp_path, reps)["settings"]["total_minutes"] == 12.5
+    assert "12.5 minutes in all" in (tmp_path / "report.md").read_text()
+    rerun = json.loads((reps[1] / "summary.json").read_text())
+    rerun["settings"]["minutes"] = 3.0
+    (reps[1] / "summary.json").write_text(json.dumps(rerun))
+    assert "total_minutes" not in write_replicate_report(tmp_path, reps)["settings"]
+    assert "in all" not in (tmp_path / "report.md").read_text()
 
 
 def test_a_stage_that_is_not_installed_is_named_in_a_user_error():
