@@ -41,8 +41,10 @@ def default_cores() -> int:
 
 
 def cores_needed(args, jobs) -> int:
-    """The cores a stage runs on: a sweep (``-m``) its ``jobs`` concurrent jobs, any other stage one."""
-    return int(jobs) if "-m" in args or "--multirun" in args else 1
+    """The cores a stage runs on: a sweep (``-m``) its ``jobs`` concurrent jobs (-1: every core), any other stage one."""
+    if "-m" not in args and "--multirun" not in args:
+        return 1
+    return (os.cpu_count() or 1) if int(jobs) == -1 else int(jobs)
 
 
 class CorePool:

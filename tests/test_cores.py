@@ -1,6 +1,7 @@
 """experiments/cores.py: pipelines sharing the CPU cores (make replicates runs its demos at once)."""
 
 import _thread
+import os
 import sys
 import threading
 import time
@@ -109,6 +110,7 @@ def test_a_stage_holds_one_core_and_a_sweep_its_jobs():
     assert cores_needed(["rmopt-sft", "experiment=toy"], "2") == 1  # RMOPT_JOBS is a sweep's, not every stage's
     assert cores_needed(["rmopt-rm", "-m", "seed=1,2,3"], "2") == 2
     assert cores_needed(["rmopt-rm", "--multirun", "seed=1,2"], 1) == 1
+    assert cores_needed(["rmopt-rm", "-m", "seed=1,2"], "-1") == (os.cpu_count() or 1)  # joblib's every core
 
 
 def test_a_failed_stage_stops_the_other_pipelines_at_once_and_its_error_comes_after_they_end(capsys):
