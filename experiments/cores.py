@@ -48,7 +48,10 @@ def cores_needed(args, jobs) -> int:
 
 
 class CorePool:
-    """``size`` cores; ``hold(n, priority)`` waits for ``n`` of them (the lowest priority number first)."""
+    """``size`` cores; ``hold(n, priority)`` waits for ``n`` of them (the lowest priority number first).
+
+    Stages are served in order: a sweep first in line for two cores while one is free keeps the stages
+    behind it waiting until a second core frees (the replicates' sweeps hold one core each, so they never do)."""
 
     def __init__(self, size: int, keep_s: float = 0.5):
         if size < 1:
