@@ -65,6 +65,7 @@ class Sizes:
     ppo_steps: int = 5
     grpo_group: int = 4  # answers per prompt (GRPO's group; the batch holds ppo_batch answers)
     grpo_epochs: int = 1  # TRL GRPO's num_iterations default (one update per batch)
+    grpo_steps: int = 20  # a batch of 8 answers takes about 0.2 s: 5 would time about 1 s, at the mercy of the machine
     gen_prompts: int = 4
     gen_n: int = 16
     gen_new_tokens: int = 32
@@ -73,14 +74,14 @@ class Sizes:
 
 # Larger models: fewer timed steps (each is seconds long), so the run stays within about 20 minutes.
 MODEL_SIZES = {
-    "pythia-70m-shape": dict(reps=2, train_warmup=2, train_steps=8, ppo_warmup=1, ppo_steps=3, score_answers=256,
+    "pythia-70m-shape": dict(reps=2, train_warmup=2, train_steps=8, ppo_warmup=1, ppo_steps=3, grpo_steps=3, score_answers=256,
                              gen_prompts=2),
 }
 
 QUICK = Sizes(
     model="tiny", reps=1, bon_P=6, bon_N=64, bon_ref_prompts=(2, 4), memory_seeds=1, score_answers=12, score_batch=8,
     members=2, train_batch=4, max_length=64, train_warmup=2, train_steps=2, ppo_batch=2, ppo_new_tokens=4, grpo_group=2,
-    ppo_epochs=1, ppo_warmup=2, ppo_steps=2, gen_prompts=2, gen_n=2, gen_new_tokens=4, gen_batch=4,
+    ppo_epochs=1, ppo_warmup=2, ppo_steps=2, grpo_steps=2, gen_prompts=2, gen_n=2, gen_new_tokens=4, gen_batch=4,
 )
 
 
@@ -366,10 +367,10 @@ class Bench:
 
         s, a = self.s, self.assets
         args = {**self._peer_common("grpo"), "batch_size": s.ppo_batch, "group_size": s.grpo_group,
-                "new_tokens": s.ppo_new_tokens, "epochs": s.grpo_epochs, "warmup": s.ppo_warmup, "steps": s.ppo_steps}
+                "new_tokens": s.ppo_new_tokens, "epochs": s.grpo_epochs, "warmup": s.ppo_warmup, "steps": s.grpo_steps}
         ours_r, peer_r = [], []
         for rep in range(s.reps):
-            ours_r.append(ppo_rate(a, s.ppo_batch, s.ppo_new_tokens, s.grpo_epochs, s.ppo_warmup, s.ppo_steps,
+            ours_r.append(ppo_rate(a, s.ppo_batch, s.ppo_new_tokens, s.grpo_epochs, s.ppo_warmup, s.grpo_steps,
                                    self.work / f"grpo{rep}", algorithm="grpo", group_size=s.grpo_group)["samples_per_s"])
             peer = self.peer("trl_grpo.py", args)
             if peer:
@@ -380,9 +381,10 @@ class Bench:
                        f"{s.ppo_batch // s.grpo_group} prompts x group {s.grpo_group}, {s.ppo_new_tokens} new tokens, "
                        f"{s.grpo_epochs} update per batch, KL term off (TRL's default beta 0), full policy trained, fp32; "
                        f"ours = PPOModule with algorithm=grpo under the Lightning Trainer of conf/rl.yaml (no value "
-                       f"head; it still scores the reference for the KL it reports); peer = TRL {self._trl_version()} "
+                       f"head; with no KL term and no logger, no reference forward either); peer = TRL {self._trl_version()} "
                        f"GRPOTrainer (steps_per_generation 1, num_iterations {s.grpo_epochs}); {s.ppo_warmup} warm-up "
-                       f"+ {s.ppo_steps} timed batches", ">= 1.5x")]
+                       f"+ {s.grpo_steps} timed batches", ">= 1.5x",
+                       {"ours_each": [round(v, 1) for v in ours_r], "peer_each": [round(v, 1) for v in peer_r]})]
 
     def generation(self) -> list[Result]:
         from transformers import AutoModelForCausalLM

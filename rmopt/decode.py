@@ -32,6 +32,8 @@ class NeoXDecoder:
         self.head_size = attention.head_size
         self.rotary_ndims = attention.rotary_ndims
         self.scaling = attention.scaling
+        # each layer's tensors looked up once (a module attribute costs a Python call each time, ~100 a token)
+        self.plan = [_LayerPlan(layer) for layer in self.layers]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 
@@ -61,49 +63,65 @@ class NeoXDecoder:
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.rope_scaling).to(hidden.dtype).unsqueeze(1)  # [B, 1, 1, rotary]
         sin = (emb.sin() * self.rope_scaling).to(hidden.dtype).unsqueeze(1)
+        cos5, sin5 = cos.unsqueeze(-2), sin.unsqueeze(-2)  # [B, 1, 1, 1, rotary]: over (query, key)
         mask = attention_mask.bool()[:, None, None, :] if self.padded else None
         r, n = self.rotary_ndims, self.length
         self.length += 1
-        for i, layer in enumerate(self.layers):  # GPTNeoXLayer.forward
-            attention = layer.attention
-            ln = layer.input_layernorm
-            x = F.layer_norm(hidden, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-            qkv = F.linear(x, attention.query_key_value.weight, attention.query_key_value.bias)
-            qkv = qkv.view(batch, 1, -1, 3 * self.head_size).transpose(1, 2)
-            query, key, value = qkv.chunk(3, dim=-1)
-            query, key = _rotate(query, cos, sin, r), _rotate(key, cos, sin, r)
+        hs = self.head_size
+        for i, lp in enumerate(self.plan):  # GPTNeoXLayer.forward
+            x = F.layer_norm(hidden, lp.ln1_shape, lp.ln1_weight, lp.ln1_bias, lp.ln1_eps)
+            qkv = F.linear(x, lp.qkv_weight, lp.qkv_bias)
+            qkv = qkv.view(batch, 1, -1, 3 * hs).transpose(1, 2)
+            value = qkv[..., 2 * hs :]
+            # query and key turned in one pass (the same element-wise operations as apply_rotary_pos_emb)
+            query_key = _rotate(qkv[..., : 2 * hs].unflatten(-1, (2, hs)), cos5, sin5, r)
+            query, key = query_key[..., 0, :], query_key[..., 1, :]
             self.keys[i][:, :, n] = key[:, :, 0]
             self.values[i][:, :, n] = value[:, :, 0]
             out = F.scaled_dot_product_attention(
                 query, self.keys[i][:, :, : n + 1], self.values[i][:, :, : n + 1], attn_mask=mask, dropout_p=0.0,
                 scale=self.scaling, is_causal=False,
             )
-            out = out.reshape(batch, -1, 1, self.head_size).transpose(1, 2).contiguous()
+            out = out.reshape(batch, -1, 1, hs).transpose(1, 2).contiguous()
             out = out.reshape(batch, 1, -1).contiguous()
-            attn_output = F.linear(out, attention.dense.weight, attention.dense.bias)
-            if layer.use_parallel_residual:
-                hidden = _mlp(layer, hidden) + attn_output + hidden
+            attn_output = F.linear(out, lp.dense_weight, lp.dense_bias)
+            if lp.parallel:
+                hidden = lp.mlp(hidden) + attn_output + hidden
             else:
                 attn_output = attn_output + hidden
-                hidden = _mlp(layer, attn_output) + attn_output
+                hidden = lp.mlp(attn_output) + attn_output
         norm = self.final_norm
         hidden = F.layer_norm(hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         return F.linear(hidden, self.head.weight, self.head.bias)[:, -1, :]
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, r: int) -> torch.Tensor:
-    """``apply_rotary_pos_emb`` of transformers' GPT-NeoX for one of query / key."""
+    """``apply_rotary_pos_emb`` of transformers' GPT-NeoX for query or key (or both, stacked on the next-to-last axis)."""
     x_rot, x_pass = x[..., :r], x[..., r:]
     half = x_rot.shape[-1] // 2
     rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
     return torch.cat([(x_rot * cos) + (rotated * sin), x_pass], dim=-1)
 
 
-def _mlp(layer, x: torch.Tensor) -> torch.Tensor:
-    ln, mlp = layer.post_attention_layernorm, layer.mlp
-    x = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-    x = F.linear(x, mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias)
-    return F.linear(mlp.act(x), mlp.dense_4h_to_h.weight, mlp.dense_4h_to_h.bias)
+class _LayerPlan:
+    """One ``GPTNeoXLayer``'s tensors and settings for :meth:`NeoXDecoder.step` (the live parameters: training
+    updates them in place)."""
+
+    def __init__(self, layer):
+        attention, ln1, ln2, mlp = layer.attention, layer.input_layernorm, layer.post_attention_layernorm, layer.mlp
+        self.ln1_shape, self.ln1_weight, self.ln1_bias, self.ln1_eps = ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps
+        self.qkv_weight, self.qkv_bias = attention.query_key_value.weight, attention.query_key_value.bias
+        self.dense_weight, self.dense_bias = attention.dense.weight, attention.dense.bias
+        self.parallel = layer.use_parallel_residual
+        self.ln2_shape, self.ln2_weight, self.ln2_bias, self.ln2_eps = ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps
+        self.up_weight, self.up_bias = mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias
+        self.down_weight, self.down_bias = mlp.dense_4h_to_h.weight, mlp.dense_4h_to_h.bias
+        self.act = mlp.act
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x, self.ln2_shape, self.ln2_weight, self.ln2_bias, self.ln2_eps)
+        x = F.linear(x, self.up_weight, self.up_bias)
+        return F.linear(self.act(x), self.down_weight, self.down_bias)
 
 
 class CachedForward:

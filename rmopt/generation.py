@@ -84,7 +84,8 @@ def sample_ids(
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    if temperature != 1.0:  # dividing by 1 changes nothing
+        logits = logits / temperature
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
@@ -114,8 +115,10 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = No
     # a zero-mass token owns an empty interval; should a parallel (GPU) sum round one open, or the uniform
     # round past the end, take the last token with mass instead
     p = probs.to(device)
-    last = probs.size(-1) - 1 - (p.flip(-1) > 0).int().argmax(-1, keepdim=True)
-    drawn = torch.where(p.gather(-1, drawn) > 0, drawn, last)
+    kept = p.gather(-1, drawn) > 0
+    if not bool(kept.all()):
+        last = probs.size(-1) - 1 - (p.flip(-1) > 0).int().argmax(-1, keepdim=True)
+        drawn = torch.where(kept, drawn, last)
     return drawn.squeeze(-1).to(probs.device)
 
 

@@ -132,3 +132,65 @@ def test_one_update_per_batch_takes_the_rollout_log_probs_from_its_own_forward(a
         va, vb = (load_file(tmp_path / run / "policy" / VALUE_HEAD_FILE) for run in ("reused", "both"))
         for key in va:
             torch.testing.assert_close(va[key], vb[key], rtol=0, atol=moved * 1e-3)
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_without_a_kl_term_or_a_logger_the_rollout_skips_the_reference(algorithm, toy_sft_dir, rm_dirs, tmp_path,
+                                                                        monkeypatch):
+    """kl_coef 0, no KL loss, no logger: the reference's log-probs reach nothing, so the rollout leaves its forward
+    out (as TRL's GRPO does with beta 0), and training is bit-identical to the path that runs it."""
+    from safetensors.torch import load_file
+
+    from rmopt.modules import ppo as module
+    from rmopt.ppo import train
+
+    common = (f"algorithm={algorithm}", "kl_coef=0.0", "ppo_epochs=2", "trainer.max_steps=3", "eval_every=3",
+              "eval_prompts=2", "optimizer.lr=1e-3", "seeds=[1,2]", "objective=mean")
+    forwards, real = [], module.answer_forward
+    monkeypatch.setattr(module, "answer_forward", lambda *a, **k: forwards.append(torch.is_grad_enabled()) or real(*a, **k))
+    train(ppo_cfg(toy_sft_dir, rm_dirs, tmp_path / "skipped", *common))
+    assert forwards == [False, True, True, True, True] * 3  # per step: the policy's rollout forward, 2 epochs x 2 mini-batches
+    forwards.clear()
+    monkeypatch.setattr(module.PPOModule, "metrics_seen", lambda self: True)  # as with a logger: the KL is logged
+    train(ppo_cfg(toy_sft_dir, rm_dirs, tmp_path / "full", *common))
+    assert forwards == [False, False, True, True, True, True] * 3
+    start = load_file(toy_sft_dir / "model.safetensors")
+    a, b = (load_file(tmp_path / run / "policy" / "model.safetensors") for run in ("skipped", "full"))
+    assert max(float((a[k] - start[k]).abs().max()) for k in start if k in a) > 1e-3
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "overrides, needed",
+    [
+        (["algorithm=grpo", "kl_coef=0.0"], False),
+        (["algorithm=rloo", "kl_coef=0.0"], False),
+        (["algorithm=ppo", "kl_coef=0.0"], False),
+        (["algorithm=grpo", "kl_coef=0.0", "algorithm.beta=0.04"], True),
+        (["algorithm=rloo", "kl_coef=0.01"], True),
+        (["algorithm=ppo", "kl_coef=0.0", "kl_controller=adaptive", "kl_init=0.0"], True),
+    ],
+)
+def test_the_reference_is_needed_for_a_kl_term_a_penalty_or_an_adaptive_coefficient(overrides, needed, toy_sft_dir,
+                                                                                     rm_dirs, tmp_path):
+    from rmopt.ppo import build_module
+
+    module = build_module(ppo_cfg(toy_sft_dir, rm_dirs, tmp_path, *overrides))
+    assert module.needs_reference() is needed
+
+
+def test_with_a_logger_every_step_logs_its_kl_and_entropy(toy_sft_dir, rm_dirs, tmp_path):
+    """The reference is left out only when nothing reads it: a logger writing each step gets the KL and entropy."""
+    import csv
+
+    from rmopt.ppo import train
+
+    train(ppo_cfg(toy_sft_dir, rm_dirs, tmp_path / "run", "algorithm=grpo", "kl_coef=0.0", "trainer.max_steps=3",
+                  "eval_every=3", "eval_prompts=2", "logger=csv", "optimizer.lr=1e-3"))
+    (metrics,) = list((tmp_path / "run").rglob("metrics.csv"))
+    with open(metrics) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("kl/k1")]
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert float(rows[-1]["kl/k1"]) != 0  # the policy moved from its reference
+    assert all(float(r["policy/entropy"]) > 0 for r in rows)

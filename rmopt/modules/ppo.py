@@ -3,7 +3,9 @@
 One ``training_step`` is one PPO iteration: sample a rollout batch (KV-cached, stops at EOS), score
 it with every member at once, compute reference log-probs, per-token KL penalty + sequence reward at
 the answer's last token, GAE, whitened advantages, then ``ppo_epochs`` passes of clipped policy and
-value updates over shuffled mini-batches. The math lives in :mod:`rmopt.rlhf`.
+value updates over shuffled mini-batches. The math lives in :mod:`rmopt.rlhf`. A step whose metrics no
+logger writes computes none of them (no entropy, no KL), and then, with no KL term, no penalty and a
+fixed coefficient, leaves out the reference's forward too: training is the same bit for bit.
 
 ``algorithm=grpo`` / ``rloo`` (critic-free) sample ``group_size`` answers to each of
 ``rollout_batch_size / group_size`` prompts, fold the KL penalty (``kl_coef``) into each answer's
@@ -29,7 +31,7 @@ import torch
 
 from rmopt.data.collate import pad
 from rmopt.generation import decode_answers, encode_prompts, sample_ids
-from rmopt.modules.common import clip_gradients, configure_optimizer, log_samples
+from rmopt.modules.common import clip_gradients, configure_optimizer, log_samples, logs_this_step
 from rmopt.rlhf import (
     AdaptiveKLController,
     FixedKLController,
@@ -261,24 +263,27 @@ class PPOModule(L.LightningModule):
         return {"prompt_ids": prompt_ids, "answer_ids": answer_ids, "texts": texts, "finished": finished, "batch": batch}
 
     @torch.inference_mode()
-    def rollout(self, instructions, inputs, generator, temperature: float, top_p: float = 1.0, policy: bool = True) -> dict:
+    def rollout(self, instructions, inputs, generator, temperature: float, top_p: float = 1.0, policy: bool = True,
+                reference: bool = True) -> dict:
         """Sample and score one batch of prompts, with the log-probs and values PPO needs (no gradients);
-        ``policy=False`` leaves out the policy's own forward (log-probs and values None): the reference's only."""
+        ``policy=False`` leaves out the policy's own forward (log-probs and values None), ``reference=False``
+        the reference's (its log-probs None)."""
         r = self.sample(instructions, inputs, generator, temperature, top_p)
         batch = r["batch"]
         value_head = None if self.s.critic_free else self.policy.value_head
-        if policy:
+        if policy and reference:
             states, ref_states = paired_answer_states(self.policy.lm, self.reference, batch, self.s.packed_forward)
             out = answer_forward(self.policy.lm, batch, value_head, self.s.temperature, states=states)
             ref = answer_forward(self.reference, batch, None, self.s.temperature, states=ref_states)
         else:
-            out, ref = {}, answer_forward(self.reference, batch, None, self.s.temperature, packed=self.s.packed_forward)
+            out = answer_forward(self.policy.lm, batch, value_head, self.s.temperature, packed=self.s.packed_forward) if policy else {}
+            ref = answer_forward(self.reference, batch, None, self.s.temperature, packed=self.s.packed_forward) if reference else {}
         scores = self.score(instructions, inputs, r["prompt_ids"], r["answer_ids"], r["texts"]).to(self.device)
         return {
             "batch": batch,
             "logprobs": out.get("logprobs"),
             "values": out.get("values"),
-            "ref_logprobs": ref["logprobs"],
+            "ref_logprobs": ref.get("logprobs"),
             "scores": scores,
             "combined": self.objective(scores).float(),
             "texts": r["texts"],
@@ -302,19 +307,23 @@ class PPOModule(L.LightningModule):
         order_gen = torch.Generator().manual_seed(self._noise_seed(step, 2))
         updates = [(e, i) for e in range(s.ppo_epochs) for i in range(0, n, s.minibatch_size)]
         single = self.one_update(len(updates))
-        r = self.rollout(instructions, inputs, generator, s.temperature, policy=not single)
+        seen = self.metrics_seen()
+        r = self.rollout(instructions, inputs, generator, s.temperature, policy=not single,
+                         reference=seen or self.needs_reference())
         batch, mask = r["batch"], r["batch"]["answer_mask"]
         first, first_s = None, 0.0
         if single:
             perm = torch.randperm(n, generator=order_gen).to(self.device)
             t = time.perf_counter()
-            first = self._update_forward({k: v[perm] for k, v in batch.items()})
+            first = self._update_forward({k: v[perm] for k, v in batch.items()}, seen)
             first_s = time.perf_counter() - t  # the update's forward: not the rollout's time
             unpermute = torch.empty_like(perm)
             unpermute[perm] = torch.arange(n, device=perm.device)
             r["logprobs"] = first["logprobs"].detach()[unpermute]
             r["values"] = None if s.critic_free else first["values"].detach()[unpermute]
-        old_logprobs, ref_logprobs = r["logprobs"].clone(), r["ref_logprobs"].clone()
+        old_logprobs = r["logprobs"].clone()
+        # without the reference (no KL term, coefficient 0, no KL metric seen) every KL term is exactly zero
+        ref_logprobs = old_logprobs.clone() if r["ref_logprobs"] is None else r["ref_logprobs"].clone()
         if s.critic_free:  # a whole answer's reward against its group's: no value head
             old_values = returns = None
             combined = r["combined"] if s.score_clip is None else r["combined"].clamp(-s.score_clip, s.score_clip)
@@ -340,7 +349,7 @@ class PPOModule(L.LightningModule):
             if i == 0 and first is None:
                 perm = torch.randperm(n, generator=order_gen).to(self.device)
             idx = perm[i : i + s.minibatch_size]
-            out = first if first is not None else self._update_forward({k: v[idx] for k, v in batch.items()})
+            out = first if first is not None else self._update_forward({k: v[idx] for k, v in batch.items()}, seen)
             pl, pstats = policy_loss(out["logprobs"], old_logprobs[idx], advantages[idx], mask[idx], s.cliprange)
             if s.critic_free:
                 vl, vstats = torch.zeros(()), {"vf_clipfrac": torch.zeros(())}
@@ -358,6 +367,8 @@ class PPOModule(L.LightningModule):
                 opt.step()  # counted by Lightning: one global step per PPO iteration
             else:
                 opt.optimizer.step()
+            if not seen:  # nothing logs this step's metrics
+                continue
             for key, v in {
                 "loss/policy": pl, "loss/value": vl, "loss/total": loss, "policy/entropy": masked_mean(out["entropy"], mask[idx]),
                 "policy/clipfrac": pstats["clipfrac"], "policy/approx_kl": pstats["approx_kl"],
@@ -365,30 +376,21 @@ class PPOModule(L.LightningModule):
             }.items():
                 acc.setdefault(key, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
 
-        with torch.no_grad():
-            kls = {name: sequence_kl(v, mask).mean() for name, v in kl_estimators(old_logprobs, ref_logprobs).items()}
         kl_coef_used = self.kl_ctl.value
-        # every rank updates the coefficient with the KL of the whole step (all ranks' answers)
-        step_kl = kls["k1"] if world == 1 else self.trainer.strategy.reduce(kls["k1"].clone(), reduce_op="mean")
-        self.kl_ctl.update(float(step_kl), n * world)
-        elapsed = time.perf_counter() - start
-        scores = r["scores"]
-        metrics = {
-            "reward/proxy": r["combined"].mean(),
-            "reward/member_std": scores.std(0, unbiased=False).mean(),
-            **{f"reward/member_{j}": scores[j].mean() for j in range(scores.size(0))},
-            **{f"kl/{name}": v for name, v in kls.items()},
-            "kl/coef": kl_coef_used,
-            **({} if s.critic_free else {"value/explained_variance": explained_variance(old_values, returns, mask)}),
-            "answer/length": mask.sum(1).float().mean(),
-            "answer/finished": float(np.mean(r["finished"])),
-            "perf/samples_per_s": n / elapsed,
-            "perf/rollout_s": rollout_time,
-            "perf/step_s": elapsed,
-            **{k: float(np.mean(v)) for k, v in acc.items()},
-        }
-        self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False, batch_size=n)
-        self.log("proxy", float(metrics["reward/proxy"]), prog_bar=True, logger=False, batch_size=n)
+        kls = {}
+        if r["ref_logprobs"] is not None:
+            with torch.no_grad():
+                kls = {name: sequence_kl(v, mask).mean() for name, v in kl_estimators(old_logprobs, ref_logprobs).items()}
+            # every rank updates the coefficient with the KL of the whole step (all ranks' answers)
+            step_kl = kls["k1"] if world == 1 else self.trainer.strategy.reduce(kls["k1"].clone(), reduce_op="mean")
+            self.kl_ctl.update(float(step_kl), n * world)
+        self.history.append({"step": step, "proxy": float(r["combined"].mean()), "kl": float(kls["k1"]) if kls else None})
+        last = self.trainer.max_steps is not None and step + 1 == self.trainer.max_steps
+        if self._progress_bar():
+            self.log("proxy", float(r["combined"].mean()), prog_bar=True, logger=False, batch_size=n)
+        if seen:
+            self._log_step(r, kls, kl_coef_used, mask, acc, n, start, rollout_time,
+                           None if s.critic_free else (old_values, returns))
         if s.sample_every and step % s.sample_every == 0 and s.sample_count:
             log_samples(
                 self,
@@ -397,20 +399,56 @@ class PPOModule(L.LightningModule):
                     for i, x, a, c in list(zip(instructions, inputs, r["texts"], r["combined"].tolist(), strict=True))[: s.sample_count]
                 ],
             )
-        self.history.append({"step": step, "proxy": float(metrics["reward/proxy"]), "kl": float(kls["k1"])})
-        last = self.trainer.max_steps is not None and step + 1 == self.trainer.max_steps
         if (s.eval_every and (step + 1) % s.eval_every == 0) or (last and not self.eval_path(step + 1).exists()):
             self.evaluate(step + 1)
+
+    def _log_step(self, r: dict, kls: dict, kl_coef_used: float, mask, acc: dict, n: int, start: float,
+                  rollout_time: float, value_targets) -> None:
+        elapsed = time.perf_counter() - start
+        scores = r["scores"]
+        metrics = {
+            "reward/proxy": r["combined"].mean(),
+            "reward/member_std": scores.std(0, unbiased=False).mean(),
+            **{f"reward/member_{j}": scores[j].mean() for j in range(scores.size(0))},
+            **{f"kl/{name}": v for name, v in kls.items()},
+            "kl/coef": kl_coef_used,
+            **({} if value_targets is None else {"value/explained_variance": explained_variance(*value_targets, mask)}),
+            "answer/length": mask.sum(1).float().mean(),
+            "answer/finished": float(np.mean(r["finished"])),
+            "perf/samples_per_s": n / elapsed,
+            "perf/rollout_s": rollout_time,
+            "perf/step_s": elapsed,
+            **{k: float(np.mean(v)) for k, v in acc.items()},
+        }
+        self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False, batch_size=n)
+
+    def metrics_seen(self) -> bool:
+        """Whether this step's metrics reach anyone: a logger that writes this step (every
+        ``log_every_n_steps``; without a trainer, assume so). Unseen, they are neither logged nor computed."""
+        if self._trainer is None:
+            return True
+        return bool(self.loggers) and logs_this_step(self)
+
+    def needs_reference(self) -> bool:
+        """Whether the update needs the reference's log-probs whatever is logged: a KL loss term (``beta``), a
+        KL penalty (``kl_coef`` not 0) or an adaptive coefficient (it follows the KL)."""
+        s = self.s
+        return (s.critic_free and s.beta != 0) or not isinstance(self.kl_ctl, FixedKLController) or self.kl_ctl.value != 0
+
+    def _progress_bar(self) -> bool:
+        return self._trainer is not None and self.trainer.progress_bar_callback is not None
 
     def one_update(self, updates: int) -> bool:
         """One update on the whole batch (``ppo_epochs=1``, one mini-batch): its own forward then gives the
         rollout's log-probs and values (the policy has not moved yet), so the rollout runs the reference's only."""
         return updates == 1
 
-    def _update_forward(self, sub: dict) -> dict:
-        """The policy's forward on a mini-batch of the rollout, with gradients: log-probs, values, entropy."""
+    def _update_forward(self, sub: dict, with_entropy: bool = True) -> dict:
+        """The policy's forward on a mini-batch of the rollout, with gradients: log-probs, values, entropy (a
+        logged diagnostic: ``with_entropy=False`` leaves it out)."""
         value_head = None if self.s.critic_free else self.policy.value_head
-        return answer_forward(self.policy.lm, sub, value_head, self.s.temperature, with_entropy=True, packed=self.s.packed_forward)
+        return answer_forward(self.policy.lm, sub, value_head, self.s.temperature, with_entropy=with_entropy,
+                              packed=self.s.packed_forward)
 
     # ------------------------------------------------------------------ evaluation
     def eval_path(self, step: int) -> Path:
