@@ -2,6 +2,7 @@
 
 import _thread
 import os
+import signal
 import sys
 import threading
 import time
@@ -155,9 +156,15 @@ def test_an_interrupt_stops_every_pipeline():
                 ran.append(i)
                 time.sleep(0.005)
 
-    threading.Timer(0.1, _thread.interrupt_main).start()
-    with pytest.raises(KeyboardInterrupt):
-        share_cores(pipeline, pipeline, size=2)
+    # Python raises KeyboardInterrupt only where SIGINT has its handler: a process started in the background
+    # by a non-interactive shell inherits SIGINT ignored, and then interrupt_main does nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.1, _thread.interrupt_main).start()
+        with pytest.raises(KeyboardInterrupt):
+            share_cores(pipeline, pipeline, size=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     count = len(ran)
     time.sleep(0.05)
     assert count < 400 and len(ran) == count  # none started after the interrupt reached share_cores
