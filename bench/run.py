@@ -373,8 +373,9 @@ class Bench:
             ours_r.append(ppo_rate(a, s.ppo_batch, s.ppo_new_tokens, s.grpo_epochs, s.ppo_warmup, s.grpo_steps,
                                    self.work / f"grpo{rep}", algorithm="grpo", group_size=s.grpo_group)["samples_per_s"])
             peer = self.peer("trl_grpo.py", args)
-            if peer:
-                peer_r.append(peer["samples_per_s"])
+            peer_r.append(peer["samples_per_s"] if peer else None)
+        pairs = [(o, p) for o, p in zip(ours_r, peer_r, strict=True) if p is not None]
+        peer_r = [p for p in peer_r if p is not None]
         o, p = median(ours_r), median(peer_r)
         return [Result("GRPO end to end", o, p, "samples/s", ratio_of(o, p, True),
                        f"{a.model} policy, its RM shape as reward model, batch {s.ppo_batch} answers = "
@@ -385,7 +386,7 @@ class Bench:
                        f"GRPOTrainer (steps_per_generation 1, num_iterations {s.grpo_epochs}); {s.ppo_warmup} warm-up "
                        f"+ {s.grpo_steps} timed batches", ">= 1.5x",
                        {"ours_each": [round(v, 1) for v in ours_r], "peer_each": [round(v, 1) for v in peer_r],
-                        "ratio_each": [round(o / p, 2) for o, p in zip(ours_r, peer_r, strict=False)]})]
+                        "ratio_each": [round(o / p, 2) for o, p in pairs]})]
 
     def generation(self) -> list[Result]:
         from transformers import AutoModelForCausalLM

@@ -134,8 +134,8 @@ def test_one_update_per_batch_takes_the_rollout_log_probs_from_its_own_forward(a
             torch.testing.assert_close(va[key], vb[key], rtol=0, atol=moved * 1e-3)
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_without_a_kl_term_or_a_logger_the_rollout_skips_the_reference(algorithm, toy_sft_dir, rm_dirs, tmp_path,
+@pytest.mark.parametrize("algorithm, epochs", [("ppo", 2), ("grpo", 2), ("rloo", 1)])
+def test_without_a_kl_term_or_a_logger_the_rollout_skips_the_reference(algorithm, epochs, toy_sft_dir, rm_dirs, tmp_path,
                                                                         monkeypatch):
     """kl_coef 0, no KL loss, no logger: the reference's log-probs reach nothing, so the rollout leaves its forward
     out (as TRL's GRPO does with beta 0), and training is bit-identical to the path that runs it."""
@@ -144,16 +144,20 @@ def test_without_a_kl_term_or_a_logger_the_rollout_skips_the_reference(algorithm
     from rmopt.modules import ppo as module
     from rmopt.ppo import train
 
-    common = (f"algorithm={algorithm}", "kl_coef=0.0", "ppo_epochs=2", "trainer.max_steps=3", "eval_every=3",
-              "eval_prompts=2", "optimizer.lr=1e-3", "seeds=[1,2]", "objective=mean")
+    # 2 epochs x 2 mini-batches, or one update on the whole batch (the bench's setting: no rollout forward at all)
+    minibatch = 4 if epochs == 2 else 8
+    common = (f"algorithm={algorithm}", "kl_coef=0.0", f"ppo_epochs={epochs}", f"minibatch_size={minibatch}",
+              "trainer.max_steps=3", "eval_every=3", "eval_prompts=2", "optimizer.lr=1e-3", "seeds=[1,2]", "objective=mean")
+    updates = [True] * (4 if epochs == 2 else 1)
     forwards, real = [], module.answer_forward
     monkeypatch.setattr(module, "answer_forward", lambda *a, **k: forwards.append(torch.is_grad_enabled()) or real(*a, **k))
     train(ppo_cfg(toy_sft_dir, rm_dirs, tmp_path / "skipped", *common))
-    assert forwards == [False, True, True, True, True] * 3  # per step: the policy's rollout forward, 2 epochs x 2 mini-batches
+    rollout = [False] if epochs == 2 else []  # the policy's rollout forward (no gradients), unless one update
+    assert forwards == (rollout + updates) * 3
     forwards.clear()
     monkeypatch.setattr(module.PPOModule, "metrics_seen", lambda self: True)  # as with a logger: the KL is logged
     train(ppo_cfg(toy_sft_dir, rm_dirs, tmp_path / "full", *common))
-    assert forwards == [False, False, True, True, True, True] * 3
+    assert forwards == (rollout + [False] + updates) * 3  # and the reference's
     start = load_file(toy_sft_dir / "model.safetensors")
     a, b = (load_file(tmp_path / run / "policy" / "model.safetensors") for run in ("skipped", "full"))
     assert max(float((a[k] - start[k]).abs().max()) for k in start if k in a) > 1e-3
