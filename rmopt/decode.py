@@ -43,7 +43,6 @@ class NeoXDecoder:
         result = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
         cache = result.cache if hasattr(result, "cache") else result.past_key_values
         self.length = input_ids.size(1)
-        self.padded = not bool(attention_mask.all())  # no padding now, none later: transformers passes no mask
         self.keys, self.values = [], []
         layers = getattr(cache, "layers", None)  # transformers' DynamicCache; else (key, value) per layer
         for keys, values in ((layer.keys, layer.values) for layer in layers) if layers is not None else cache:
@@ -52,20 +51,31 @@ class NeoXDecoder:
                 buffer = cached.new_empty(b, h, n + new_tokens, d)
                 buffer[:, :, :n] = cached
                 buffers.append(buffer)
+        # SDPA's additive form of the boolean mask transformers passes (0 where attended, -inf at padding), made
+        # once for every position to come (new tokens are always attended), not in each layer of each step;
+        # no padding now, none later: transformers passes no mask
+        self.mask = None
+        if not bool(attention_mask.all()):
+            keep = torch.cat([attention_mask.bool(), attention_mask.new_ones(attention_mask.size(0), new_tokens, dtype=torch.bool)], 1)
+            additive = torch.zeros(keep.shape, dtype=self.keys[0].dtype, device=keep.device).masked_fill_(~keep, float("-inf"))
+            self.mask = additive[:, None, None, :]
         return result.logits[:, -1, :]
 
     def step(self, ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Logits [B, V] for one new token per row: ``ids`` and ``position_ids`` [B, 1], ``attention_mask`` [B, L]
-        covering the cache and this token. Follows ``GPTNeoXModel.forward`` in eval mode (no dropout)."""
+        """Logits [B, V] for one new token per row: ``ids`` and ``position_ids`` [B, 1]; ``attention_mask`` [B, L]
+        covering the cache and this token is the prefill's mask with ones after it (the decoder keeps that mask
+        itself). Follows ``GPTNeoXModel.forward`` in eval mode (no dropout)."""
         hidden = F.embedding(ids, self.embed)  # [B, 1, H]
         batch = hidden.size(0)
         freqs = position_ids[..., None].float() * self.inv_freq.to(device=hidden.device, dtype=torch.float)
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scaling).to(hidden.dtype).unsqueeze(1)  # [B, 1, 1, rotary]
-        sin = (emb.sin() * self.rope_scaling).to(hidden.dtype).unsqueeze(1)
-        cos5, sin5 = cos.unsqueeze(-2), sin.unsqueeze(-2)  # [B, 1, 1, 1, rotary]: over (query, key)
-        mask = attention_mask.bool()[:, None, None, :] if self.padded else None
+        cos, sin = emb.cos(), emb.sin()
+        if self.rope_scaling != 1.0:  # times 1.0 changes nothing
+            cos, sin = cos * self.rope_scaling, sin * self.rope_scaling
+        cos5 = cos.to(hidden.dtype)[:, None, :, None, :]  # [B, 1, 1, 1, rotary]: over (query, key)
+        sin5 = sin.to(hidden.dtype)[:, None, :, None, :]
         r, n = self.rotary_ndims, self.length
+        mask = None if self.mask is None else self.mask[..., : n + 1]
         self.length += 1
         hs = self.head_size
         for i, lp in enumerate(self.plan):  # GPTNeoXLayer.forward
@@ -82,8 +92,7 @@ class NeoXDecoder:
                 query, self.keys[i][:, :, : n + 1], self.values[i][:, :, : n + 1], attn_mask=mask, dropout_p=0.0,
                 scale=self.scaling, is_causal=False,
             )
-            out = out.reshape(batch, -1, 1, hs).transpose(1, 2).contiguous()
-            out = out.reshape(batch, 1, -1).contiguous()
+            out = out.reshape(batch, 1, -1)  # [B, heads, 1, hs] -> [B, 1, heads * hs]: one position, the same order
             attn_output = F.linear(out, lp.dense_weight, lp.dense_bias)
             if lp.parallel:
                 hidden = lp.mlp(hidden) + attn_output + hidden

@@ -63,21 +63,21 @@ def sample_ids(
     lengths = caps.clone()  # tokens of each answer: its budget unless it samples EOS first
     decoder = decoder_for(model)
     logits = decoder.prefill(input_ids, attention_mask, position_ids, max_new_tokens - 1).float()
-    step_pos = position_ids
+    width = input_ids.size(1)
+    # the mask of every step to come, each step's a view of it (new tokens are always attended)
+    masks = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new_tokens - 1)], dim=1)
+    step_pos = position_ids[:, -1:]
     for t in range(max_new_tokens):
-        next_ids = _sample(logits, temperature, top_p, generator)
-        next_ids = torch.where(done, torch.full_like(next_ids, pad_token_id), next_ids)
+        next_ids = _sample(logits, temperature, top_p, generator).masked_fill_(done, pad_token_id)
         out[:, t] = next_ids
         ended = ~done & (next_ids == eos_token_id)
-        lengths = torch.where(ended, torch.full_like(lengths, t + 1), lengths)
+        lengths.masked_fill_(ended, t + 1)
         done |= ended | (caps <= t + 1)  # a row whose budget is spent samples no more
         if bool(done.all()):
             out = out[:, : t + 1]
             break
-        step_ids = next_ids[:, None]
-        step_pos = step_pos[:, -1:] + 1
-        attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
-        logits = decoder.step(step_ids, attention_mask, step_pos).float()
+        step_pos = step_pos + 1
+        logits = decoder.step(next_ids[:, None], masks[:, : width + t + 1], step_pos).float()
     return [row[:n] for row, n in zip(out.tolist(), lengths.tolist(), strict=True)]
 
 
@@ -108,7 +108,7 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = No
     device = generator.device if generator is not None else probs.device  # e.g. a CPU generator for a GPU model
     cum = probs.to(device=device, dtype=torch.float64).cumsum(-1)
     total = cum[:, -1:]
-    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+    if not bool(((total > 0) & (total < float("inf"))).all()):  # NaN fails both comparisons
         raise RuntimeError("probability tensor contains inf, nan or a row without mass")
     u = torch.rand(probs.size(0), 1, generator=generator, dtype=torch.float64, device=device)
     drawn = torch.searchsorted(cum, u * total, right=True).clamp(max=probs.size(-1) - 1)

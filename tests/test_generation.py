@@ -102,6 +102,10 @@ def test_a_draw_inverts_the_cumulative_distribution_at_its_uniform(monkeypatch):
         draw_categorical(torch.tensor([[0.5, float("nan")]]))
     with pytest.raises(RuntimeError, match="without mass"):
         draw_categorical(torch.zeros(1, 3))
+    with pytest.raises(RuntimeError, match="inf"):
+        draw_categorical(torch.tensor([[0.5, 0.5], [0.2, float("inf")]]))
+    with pytest.raises(RuntimeError, match="nan"):  # one bad row among good ones
+        draw_categorical(torch.tensor([[0.5, 0.5], [float("nan"), 0.1]]))
 
 
 def test_draws_follow_each_rows_distribution_with_one_uniform_per_row():
