@@ -53,6 +53,17 @@ def mean_and_se(values) -> tuple[float, float]:
     return float(x.mean()), standard_error(x)
 
 
+def ratio_and_se(numerator, denominator) -> tuple[float, float]:
+    """A ratio of two means over the same prompts, mean(a) / mean(b), and its delta-method standard error:
+    SE of the per-prompt residuals a - r b over |mean(b)| (paired, so the two means' covariance counts)."""
+    a, b = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    mb = b.mean()
+    if mb == 0:
+        return math.nan, math.nan
+    r = float(a.mean() / mb)
+    return r, standard_error(a - r * b) / abs(float(mb))
+
+
 def interval(mean: float, se: float, z: float = Z95) -> tuple[float, float]:
     """The +-z SE interval around ``mean`` (95% by default)."""
     return mean - z * se, mean + z * se

@@ -12,7 +12,7 @@ from conftest import compose, save_stand_in_rms
 
 from rmopt.bon import best_of_n_per_prompt, exact_best_of_n_reference, unbiased_best_of_n
 from rmopt.rlhf import token_kl_from_logits
-from rmopt.stats import excludes_zero, group_means, mean_and_se, standard_error, t95
+from rmopt.stats import excludes_zero, group_means, mean_and_se, ratio_and_se, standard_error, t95
 
 
 def test_token_kl_by_hand_and_with_zero_mass():
@@ -53,6 +53,14 @@ def test_standard_errors_by_hand():
     assert excludes_zero(1.0, 0.5) and not excludes_zero(1.0, 0.52) and excludes_zero(-1.0, 0.1)
     assert t95(2) == pytest.approx(4.303) and t95(1) == pytest.approx(12.706) and t95(100) == 1.96
     assert not excludes_zero(1.0, float("nan"))
+
+
+def test_ratio_of_means_and_its_delta_method_error_by_hand():
+    # a = (1, 3), b = (2, 2): r = 2 / 2 = 1; residuals a - b = (-1, 1): SE 1, over mean(b) = 2 -> 0.5
+    assert ratio_and_se([1.0, 3.0], [2.0, 2.0]) == (pytest.approx(1.0), pytest.approx(0.5))
+    # a proportional to b per prompt: the ratio is exact, its SE zero (the paired covariance counts)
+    assert ratio_and_se([2.0, 4.0, 8.0], [1.0, 2.0, 4.0]) == (pytest.approx(2.0), pytest.approx(0.0, abs=1e-12))
+    assert all(math.isnan(v) for v in ratio_and_se([1.0, 2.0], [1.0, -1.0]))
 
 
 def test_best_of_n_per_prompt_is_each_prompts_exact_estimate():

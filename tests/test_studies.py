@@ -187,3 +187,42 @@ def test_a_study_reruns_the_demos_own_config_changing_only_its_knob(tmp_path, mo
     calls.clear()  # a sweep keeps the summary of failed members (conf/hydra/default.yaml's callback)
     common.rerun("rmopt-rm", demo_run, tmp_path / "study" / "rm", "seed=1,2", multirun=True)
     assert calls[0][1] == "-m" and "+hydra.callbacks.sweep_summary._target_=rmopt.sweep.SweepSummary" in calls[0]
+
+
+def test_logprob_proxy_scores_the_answers_mean_log_probability_by_hand():
+    import torch
+
+    from experiments.logprob_proxy import answer_mean_logprob
+
+    # one row, vocabulary 2, tokens [0, 1, 1]; answer = tokens 1..2 (the prompt is token 0)
+    logits = torch.tensor([[[0.0, 0.0], [0.0, float(np.log(3.0))], [9.0, 9.0]]])  # p(1) = 1/2 at t=0, 3/4 at t=1
+    ids = torch.tensor([[0, 1, 1]])
+    got = answer_mean_logprob(logits, ids, torch.tensor([1]), torch.tensor([3]))
+    assert got.item() == pytest.approx((np.log(0.5) + np.log(0.75)) / 2)
+    # padding past a row's end is left out: the same row with a pad token after it
+    padded = torch.cat([logits, torch.zeros(1, 1, 2)], 1)
+    assert answer_mean_logprob(padded, torch.tensor([[0, 1, 1, 0]]), torch.tensor([1]), torch.tensor([3])).item() == got.item()
+
+
+def test_logprob_proxy_starts_as_the_policys_log_probability_and_learns_the_pairs():
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from experiments.logprob_proxy import Proxy, train
+
+    torch.manual_seed(0)
+    lm = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=11, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=32, max_position_embeddings=16)).eval()
+    prompts, answers = [[1, 2]], [[3, 4, 5]]
+    proxy = Proxy(lm, "logprob+head", pad_id=0, seed=1)
+    with torch.no_grad():
+        brute = lm(torch.tensor([[1, 2, 3, 4, 5]])).logits[0].log_softmax(-1)
+        want = (brute[1, 3] + brute[2, 4] + brute[3, 5]) / 3  # tokens 3, 4, 5 predicted at positions 1, 2, 3
+        assert proxy(prompts, answers).item() == pytest.approx(want.item(), abs=1e-6)
+        assert Proxy(lm, "head", pad_id=0, seed=1)(prompts, answers).abs().item() < 0.5  # a small head alone
+    pairs = [[[3, 4, 5], [6, 7]]] * 4
+    before = proxy([[1, 2]] * 2, [[3, 4, 5], [6, 7]])
+    train(proxy, [[1, 2]] * 4, pairs, [1, 1, 1, 1], steps=20, lr=1e-2, seed=0, batch=4)  # [6, 7] is preferred
+    with torch.no_grad():
+        after = proxy([[1, 2]] * 2, [[3, 4, 5], [6, 7]])
+    assert (after[1] - after[0]) > (before[1] - before[0]) + 0.5
