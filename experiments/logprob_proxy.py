@@ -186,18 +186,18 @@ def main() -> None:
         with torch.no_grad():
             scores = np.stack([proxy([p] * len(a), a).numpy() for p, a in zip(g_prompts, g_answers, strict=True)])
         curves[kind] = objective_curve(scores, store.gold, store.ns, "single")
-        rows.append(stats_row(gold_stats(curves[kind]), "start", "peak", "n_at_max", "final", "drop", proxy=kind,
+        rows.append(stats_row(gold_stats(curves[kind]), "gold_start", "gold_max", "n_at_max", "gold_peak_cv", "gold_final", "drop_cv", proxy=kind,
                               accuracy=acc, accuracy_se=acc_se))
         print(f"{kind}: held-out accuracy {acc:.3f} +- {1.96 * acc_se:.3f}", flush=True)
     # the demo's own single reward models on the same answers (averaged, as the demo's report does), and the oracle
     curves["demo single RMs"] = mean_curve([objective_curve(m, store.gold, store.ns, "single") for m in store.scores])
     curves["oracle"] = objective_curve(store.gold, store.gold, store.ns, "single")
     for name in ("demo single RMs", "oracle"):
-        rows.append(stats_row(gold_stats(curves[name]), "start", "peak", "n_at_max", "final", "drop", proxy=name))
+        rows.append(stats_row(gold_stats(curves[name]), "gold_start", "gold_max", "n_at_max", "gold_peak_cv", "gold_final", "drop_cv", proxy=name))
     for row, name in zip(rows, curves, strict=True):  # gains over the oracle's, as experiments/targets.py states them
         row["rise_share"], row["rise_share_se"] = _share(curves[name], curves["oracle"], row["n_at_max"])
         row["share_at_16"], row["share_at_16_se"] = _share(curves[name], curves["oracle"], 16)
-    print_table(rows, ["proxy", "accuracy", "start", "peak", "n_at_max", "final", "drop", "rise_share", "share_at_16"],
+    print_table(rows, ["proxy", "accuracy", "gold_start", "gold_max", "n_at_max", "gold_peak_cv", "gold_final", "drop_cv", "rise_share", "share_at_16"],
                 f"best-of-n over {store.gold.shape[0]} prompts x {store.gold.shape[1]} answers (+- 1.96 SE over prompts)")
     settings = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "demo": str(demo), "demo_members": store.names}
     write_json(out / f"{STUDY}.json", {"settings": settings, "rows": rows, "curves": curves})
