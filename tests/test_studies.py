@@ -226,3 +226,23 @@ def test_logprob_proxy_starts_as_the_policys_log_probability_and_learns_the_pair
     with torch.no_grad():
         after = proxy([[1, 2]] * 2, [[3, 4, 5], [6, 7]])
     assert (after[1] - after[0]) > (before[1] - before[0]) + 0.5
+
+
+def test_logprob_proxy_share_is_the_gain_over_the_oracles_with_its_paired_error():
+    from experiments.logprob_proxy import _share
+
+    # two prompts; gains by n = 2: the proxy's (1, 3), the oracle's (2, 2): share 1, residuals (-1, 1) -> SE 1 / 2
+    curve = {"n": [1, 2], "per_prompt": {"gold_score": [[0.0, 0.0], [1.0, 3.0]]}}
+    oracle = {"n": [1, 2], "per_prompt": {"gold_score": [[0.0, 0.0], [2.0, 2.0]]}}
+    assert _share(curve, oracle, 2) == (pytest.approx(1.0), pytest.approx(0.5))
+
+
+def test_logprob_proxy_refuses_a_folder_that_is_not_a_demo(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "experiments" / "logprob_proxy.py"
+    done = subprocess.run([sys.executable, str(script), "--demo", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 1 and "models/sft' is missing" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "studies").exists()
+    done = subprocess.run([sys.executable, str(script), "--demo", str(tmp_path), "--steps", "0"], capture_output=True, text=True)
+    assert done.returncode == 1 and "--steps 0" in done.stderr
