@@ -111,13 +111,15 @@ def _accuracy(proxy, prompts, answers, gold, batch: int = 128) -> tuple[float, f
     """Held-out pairs ranked as gold ranks them (ties left out): accuracy and its standard error."""
     import torch
 
+    from rmopt.stats import mean_and_se
+
     right = []
     with torch.no_grad():
         for i in range(0, len(prompts), batch):
             p, a = prompts[i : i + batch], answers[i : i + batch]
             s0, s1 = proxy(p, [x[0] for x in a]), proxy(p, [x[1] for x in a])
             right += [float((s0[j] > s1[j]) == (g[0] > g[1])) for j, g in enumerate(gold[i : i + batch]) if g[0] != g[1]]
-    return float(np.mean(right)), float(np.std(right, ddof=1) / np.sqrt(len(right)))
+    return mean_and_se(right)
 
 
 def train(proxy, prompts, answers, preference, steps: int, lr: float, seed: int, batch: int = 32) -> None:
@@ -151,6 +153,7 @@ def main() -> None:
     from experiments.common import load_bon_store, mean_curve, objective_curve, resolve
     from rmopt.data.gold_gens import gold_gens_dataset
     from rmopt.errors import RmoptError
+    from rmopt.stats import Z95
 
     def extra(parser):
         parser.add_argument("--steps", type=int, default=300, help="training steps of the trained proxies (default 300)")
@@ -188,7 +191,7 @@ def main() -> None:
         curves[kind] = objective_curve(scores, store.gold, store.ns, "single")
         rows.append(stats_row(gold_stats(curves[kind]), "gold_start", "gold_max", "n_at_max", "gold_peak_cv", "gold_final", "drop_cv", proxy=kind,
                               accuracy=acc, accuracy_se=acc_se))
-        print(f"{kind}: held-out accuracy {acc:.3f} +- {1.96 * acc_se:.3f}", flush=True)
+        print(f"{kind}: held-out accuracy {acc:.3f} +- {Z95 * acc_se:.3f}", flush=True)
     # the demo's own single reward models on the same answers (averaged, as the demo's report does), and the oracle
     curves["demo single RMs"] = mean_curve([objective_curve(m, store.gold, store.ns, "single") for m in store.scores])
     curves["oracle"] = objective_curve(store.gold, store.gold, store.ns, "single")

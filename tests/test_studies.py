@@ -246,3 +246,16 @@ def test_logprob_proxy_refuses_a_folder_that_is_not_a_demo(tmp_path):
     assert not (tmp_path / "studies").exists()
     done = subprocess.run([sys.executable, str(script), "--demo", str(tmp_path), "--steps", "0"], capture_output=True, text=True)
     assert done.returncode == 1 and "--steps 0" in done.stderr
+
+
+def test_logprob_proxy_accuracy_leaves_gold_ties_out():
+    import torch
+
+    from experiments.logprob_proxy import _accuracy
+
+    def longer_is_better(prompts, answers):
+        return torch.tensor([float(len(a)) for a in answers])
+
+    answers = [[[1, 2], [1]], [[1], [1, 2]], [[1, 2], [1]]]
+    gold = [[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]  # right, wrong, a tie (left out): 1 of 2, SE 0.5
+    assert _accuracy(longer_is_better, [[1]] * 3, answers, gold) == (pytest.approx(0.5), pytest.approx(0.5))
