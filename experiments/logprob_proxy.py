@@ -122,17 +122,19 @@ def _accuracy(proxy, prompts, answers, gold, batch: int = 128) -> tuple[float, f
     return mean_and_se(right)
 
 
-def train(proxy, prompts, answers, preference, steps: int, lr: float, seed: int, batch: int = 32) -> None:
-    """The pairwise loss -log sigmoid(chosen - rejected) over random batches of the training pairs."""
+def train(proxy, prompts, answers, preference, steps: int, lr: float, seed: int, batch: int = 32, pool=None) -> None:
+    """The pairwise loss -log sigmoid(chosen - rejected) over random batches of the training pairs (drawn from
+    ``pool``, a list of pair indices, e.g. a bootstrap resample; all pairs when None)."""
     import torch
     import torch.nn.functional as F
 
     params = proxy.parameters()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
+    pool = np.arange(len(prompts)) if pool is None else np.asarray(pool)
     proxy.lm.train()
     for _ in range(steps):
-        idx = rng.integers(0, len(prompts), batch)
+        idx = pool[rng.integers(0, len(pool), batch)]
         p = [prompts[i] for i in idx]
         chosen = [answers[i][preference[i]] for i in idx]
         rejected = [answers[i][1 - preference[i]] for i in idx]

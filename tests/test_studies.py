@@ -259,3 +259,72 @@ def test_logprob_proxy_accuracy_leaves_gold_ties_out():
     answers = [[[1, 2], [1]], [[1], [1, 2]], [[1, 2], [1]]]
     gold = [[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]  # right, wrong, a tie (left out): 1 of 2, SE 0.5
     assert _accuracy(longer_is_better, [[1]] * 3, answers, gold) == (pytest.approx(0.5), pytest.approx(0.5))
+
+
+def test_logprob_ensembles_clean_labels_are_the_golds_preference_and_ties_are_refused():
+    from experiments.logprob_ensembles import clean_preference
+    from rmopt.errors import RmoptError
+
+    assert clean_preference([[0.2, 0.5], [0.9, -0.1], [-1.0, -0.5]]) == [1, 0, 1]
+    with pytest.raises(RmoptError, match=r"pair 1 has a gold tie \(0.3, 0.3\)"):
+        clean_preference([[0.0, 1.0], [0.3, 0.3]])
+
+
+def test_logprob_ensembles_members_train_on_the_resample_rmopt_rm_draws_for_their_seed():
+    from experiments.logprob_ensembles import member_pool
+    from rmopt.data.preference import PreferenceDataModule
+
+    class Pairs:  # ten pairs (tokenised as one-token answers below)
+        def preferences(self, split):
+            import datasets
+
+            return datasets.Dataset.from_dict({"instruction": [f"q{i}" for i in range(10)], "input": [""] * 10,
+                                               "answers": [["a", "b"]] * 10, "preference": [0] * 10})
+
+    class Tok:
+        pad_token_id = 0
+
+    from unittest import mock
+
+    with mock.patch("rmopt.data.preference.tokenize_preferences", lambda ds, tok, n: [{"chosen": [1], "rejected": [2]}] * len(ds)):
+        dm = PreferenceDataModule(Pairs(), Tok(), seed=3, bootstrap=True)
+        dm.setup()
+    drawn = [int(r["counts"][0]) for r in dm.train_rows]
+    pool = member_pool(10, 3, bootstrap=True)
+    kept = [i for i in range(10) if (pool == i).any()]  # the data module skips rows it never drew
+    assert [int((pool == i).sum()) for i in kept] == drawn and len(pool) == 10 and len(kept) < 10
+    assert member_pool(4, 3, bootstrap=False).tolist() == [0, 1, 2, 3]
+
+
+def test_logprob_ensembles_perfect_members_reproduce_the_oracle_in_the_targets():
+    from experiments.logprob_ensembles import curves_of, standardise
+    from experiments.report import summarise_demo
+    from experiments.targets import measure
+
+    rng = np.random.default_rng(0)
+    gold = rng.normal(size=(6, 8))
+    ns = [1, 2, 4, 8]
+    members = np.stack([standardise(gold * s + s, gold[:2] * s + s) for s in (1.0, 3.0)])  # the gold, rescaled
+    assert np.allclose(members[0], members[1])  # standardising undoes each member's own scale and shift
+    curves = {"bon": curves_of(members, gold, ns, [1, 2], 0.5)}
+    assert set(curves["bon"]) == {"seed1", "seed2", "single", "mean", "wco", "uwo_0.5"}
+    summary = summarise_demo(curves)
+    summary["world"] = {"oracle": objective_curve(gold, gold, ns, "single"), "sft_max_share": 0.0}
+    got = measure(summary, curves)
+    assert got["bon_single_peak_n"]["value"] == 8 and got["bon_single_rise_share"]["value"] == pytest.approx(1.0)
+    assert summary["bon"]["wco"]["gold_final"] == pytest.approx(gold.max(1).mean())  # each prompt's best answer at n = N
+
+
+def test_logprob_ensembles_refuses_bad_member_lists_and_folders(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "experiments" / "logprob_ensembles.py"
+    done = subprocess.run([sys.executable, str(script), "--demo", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 1 and "models/sft' is missing" in done.stderr and "Traceback" not in done.stderr
+    for need in ("models/sft", "data/pairs", "bon/gold_gens"):
+        (tmp_path / need).mkdir(parents=True)
+    (tmp_path / "summary.json").write_text(json.dumps({"settings": {"members": [1, 2, 3], "bootstrap": True, "uwo_weight": 0.5}}))
+    for bad in ("1", "1,1", "1,x"):
+        done = subprocess.run([sys.executable, str(script), "--demo", str(tmp_path), "--members", bad], capture_output=True, text=True)
+        assert done.returncode == 1 and f"--members {bad!r}" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "studies").exists()

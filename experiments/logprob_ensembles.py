@@ -1,0 +1,192 @@
+"""Study: issue 17's best-of-n targets with ensembles of log-probability proxies instead of the demo's reward models.
+
+experiments/logprob_proxy.py found that one proxy started from the SFT policy's own mean answer log-probability
+(``logprob+head``: that score plus a zero-started head, the whole model trained with the pairwise loss) ranks
+held-out pairs far better than the demo's members and rises to n >= 16 in best-of-n. This study asks whether
+such proxies also show the rest of the paper's best-of-n picture: a fall caused by label noise, and WCO and UWO
+mitigating it. It changes one thing from the demo: the proxies. Everything else is read from the demo folder:
+
+- the members: the demo's member seeds, each ``logprob+head`` trained on the demo's training pairs (with the
+  demo's bootstrap resample of that seed, as ``rmopt-rm`` draws it, when the demo's members were bootstrapped);
+- two label sets on the same pairs: the demo's noisy preferences (``bon``) and the gold's own (``bon_clean``;
+  the pairs have no gold ties), as the demo's ``bon_clean/`` control has;
+- each member standardised by its scores on the held-out pairs' answers (as the demo's reward_stats.json
+  standardises its members), mean / WCO / UWO (the demo's uwo_weight) over them, best-of-n on the demo's answers;
+- the targets measured by experiments/targets.py's own code on these curves, beside the demo's values.
+
+Training length and learning rate are this proxy's (``--steps``, ``--lr``: the probe's 300 and 1e-4; the demo's
+1e-3 would wash out the log-probability start). Members train in parallel processes ($RMOPT_JOBS, default 2).
+
+Run:  python experiments/logprob_ensembles.py --demo runs/demo [--steps 300] [--lr 1e-4] [--members 1,2,3]
+Writes <demo>/studies/logprob_ensembles/{logprob_ensembles.json, logprob_ensembles.png, scores.npz}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.common import parse_args, study_main, write_json  # noqa: E402
+
+STUDY = "logprob_ensembles"
+LABELS = {"bon": "the demo's noisy labels", "bon_clean": "clean labels (the gold's preference)"}
+
+
+def clean_preference(gold_scores) -> list[int]:
+    """Index of the answer the gold prefers in each pair; a tie is refused (the pairs drop them)."""
+    out = []
+    for i, (a, b) in enumerate(gold_scores):
+        if a == b:
+            from rmopt.errors import RmoptError
+
+            raise RmoptError(f"pair {i} has a gold tie ({a}, {b}); expected pairs without ties, as rmopt-pairs writes them")
+        out.append(int(b > a))
+    return out
+
+
+def member_pool(n: int, seed: int, bootstrap: bool) -> np.ndarray:
+    """The training pair indices of member ``seed``: its bootstrap resample (each index repeated as often as
+    ``rmopt.data.preference.bootstrap_counts`` draws it for that seed), else every pair once."""
+    from rmopt.data.preference import bootstrap_counts
+
+    counts = bootstrap_counts(n, 1, seed)[:, 0] if bootstrap else np.ones(n, dtype=np.int64)
+    return np.repeat(np.arange(n), counts)
+
+
+def standardise(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``scores`` in units of the reference scores' spread around their mean (population std, as reward_stats.json)."""
+    return (scores - reference.mean()) / max(float(reference.std()), 1e-6)
+
+
+def train_members(demo: str, labels: str, seeds: list[int], steps: int, lr: float, bootstrap: bool) -> dict:
+    """One process's work: ``logprob+head`` members trained on the demo's pairs with ``labels``, scored on the
+    best-of-n answers and the held-out answers. {seed: {"bon": [P, N], "held_out": [2V], "accuracy", "accuracy_se"}}."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from experiments.common import load_bon_store
+    from experiments.logprob_proxy import Proxy, _accuracy, _encode, train
+    from rmopt.data.gold_gens import gold_gens_dataset
+
+    torch.set_num_threads(1)
+    demo = Path(demo)
+    tok = AutoTokenizer.from_pretrained(demo / "models/sft")
+    store = load_bon_store(demo / "bon")
+    gens = gold_gens_dataset(str(demo / "bon/gold_gens")).select(range(store.gold.shape[0]))
+    g_prompts, g_answers = _encode(tok, gens["instruction"], gens["input"], [a[: store.gold.shape[1]] for a in gens["answers"]])
+    pairs = datasets.load_from_disk(str(demo / "data/pairs"))
+    tr, va = pairs["train"], pairs["validation"]
+    t_prompts, t_answers = _encode(tok, tr["instruction"], tr["input"], tr["answers"])
+    v_prompts, v_answers = _encode(tok, va["instruction"], va["input"], va["answers"])
+    h_prompts = [p for p in v_prompts for _ in range(2)]  # both answers of each held-out pair
+    h_answers = [x for pair in v_answers for x in pair]
+    preference = tr["preference"] if labels == "bon" else clean_preference(tr["gold_scores"])
+    out = {}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        proxy = Proxy(AutoModelForCausalLM.from_pretrained(demo / "models/sft").eval(), "logprob+head", tok.pad_token_id, seed)
+        train(proxy, t_prompts, t_answers, preference, steps, lr, seed, pool=member_pool(len(t_prompts), seed, bootstrap))
+        acc, acc_se = _accuracy(proxy, v_prompts, v_answers, va["gold_scores"])
+        with torch.no_grad():
+            bon = np.stack([proxy([p] * len(a), a).numpy() for p, a in zip(g_prompts, g_answers, strict=True)])
+            held = np.concatenate([proxy(h_prompts[i : i + 256], h_answers[i : i + 256]).numpy()
+                                   for i in range(0, len(h_prompts), 256)])
+        out[seed] = {"bon": bon, "held_out": held, "accuracy": acc, "accuracy_se": acc_se}
+        print(f"{labels} member {seed}: held-out accuracy {acc:.3f}", flush=True)
+    return out
+
+
+def curves_of(scores: np.ndarray, gold: np.ndarray, ns, seeds, uwo_weight: float) -> dict:
+    """A best-of-n folder's curves from standardised member scores [k, P, N]: seed<s>, their average ``single``,
+    mean, wco and uwo_<weight>, as experiments/report.py's demo_curves reads them from ``rmopt-bon``."""
+    from experiments.common import mean_curve, objective_curve
+    from experiments.report import SINGLE
+
+    curves = {f"seed{s}": objective_curve(m, gold, ns, "single") for s, m in zip(seeds, scores, strict=True)}
+    curves[SINGLE] = mean_curve(list(curves.values()))
+    curves["mean"] = objective_curve(scores, gold, ns, "mean")
+    curves["wco"] = objective_curve(scores, gold, ns, "wco")
+    curves[f"uwo_{uwo_weight:g}"] = objective_curve(scores, gold, ns, "uwo", uwo_weight)
+    return curves
+
+
+def main() -> None:
+    import json
+    from concurrent.futures import ProcessPoolExecutor
+
+    from experiments.common import demo_settings, load_bon_store, resolve
+    from experiments.cores import default_cores
+    from experiments.report import headline_figure, summarise_demo
+    from experiments.targets import measure, table, with_verdicts, world_stats
+    from rmopt.errors import RmoptError
+    from rmopt.stats import Z95
+
+    def extra(parser):
+        parser.add_argument("--steps", type=int, default=300, help="training steps of each member (default 300)")
+        parser.add_argument("--lr", type=float, default=1e-4, help="their learning rate (default 1e-4)")
+        parser.add_argument("--members", default=None, help="member seeds, comma-separated (default: the demo's)")
+
+    args = parse_args(__doc__, STUDY, extra)
+    if args.steps < 1 or not args.lr > 0:
+        raise RmoptError(f"--steps {args.steps} --lr {args.lr}: expected at least one step and a positive learning rate")
+    demo = resolve(args.demo)
+    for need in (demo / "models/sft", demo / "data/pairs", demo / "bon/gold_gens"):
+        if not need.exists():
+            raise RmoptError(f"{str(need)!r} is missing; expected a finished demo folder (experiments/demo.py writes it)")
+    settings = demo_settings(demo)
+    seeds = [int(s) for s in settings["members"]]
+    if args.members is not None:
+        try:
+            seeds = [int(s) for s in args.members.split(",")]
+        except ValueError:
+            seeds = []
+        if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+            raise RmoptError(f"--members {args.members!r}: expected two or more distinct integer seeds, e.g. 1,2,3")
+    bootstrap, uwo_weight = bool(settings["bootstrap"]), float(settings["uwo_weight"])
+    store = load_bon_store(demo / "bon")
+
+    jobs = [(labels, seeds[i::2]) for labels in LABELS for i in range(2)]  # two lanes a label set
+    with ProcessPoolExecutor(max(1, min(default_cores(), len(jobs)))) as pool:
+        done = [pool.submit(train_members, str(demo), labels, part, args.steps, args.lr, bootstrap) for labels, part in jobs]
+        results = {labels: {} for labels in LABELS}
+        for (labels, _), future in zip(jobs, done, strict=True):
+            results[labels].update(future.result())
+
+    curves, members, raw = {}, {}, {}
+    for labels, by_seed in results.items():
+        raw[labels] = np.stack([by_seed[s]["bon"] for s in seeds])
+        z = np.stack([standardise(by_seed[s]["bon"], by_seed[s]["held_out"]) for s in seeds])
+        curves[labels] = curves_of(z, store.gold, store.ns, seeds, uwo_weight)
+        members[labels] = {f"seed{s}": {"accuracy": by_seed[s]["accuracy"], "accuracy_se": by_seed[s]["accuracy_se"]} for s in seeds}
+    summary = summarise_demo(curves)
+    summary["world"] = world_stats(demo / "bon", store.ns)
+    targets = with_verdicts(measure(summary, curves), Z95)
+    demo_targets = json.loads((demo / "summary.json").read_text()).get("targets", {})
+
+    out = args.out
+    print(f"\nbest-of-n over {store.gold.shape[0]} prompts x {store.gold.shape[1]} answers; members {seeds}; "
+          f"held-out accuracy (noisy / clean labels): "
+          + ", ".join(f"{members['bon'][k]['accuracy']:.3f} / {members['bon_clean'][k]['accuracy']:.3f}" for k in members["bon"]))
+    print(table(targets, Z95))
+    for k, t in targets.items():
+        if k in demo_targets:
+            print(f"  {k}: the demo's reward models {demo_targets[k]['value']:.3f}, these proxies {t['value']:.3f}")
+    study = {"steps": args.steps, "lr": args.lr, "members": seeds, "bootstrap": bootstrap, "uwo_weight": uwo_weight,
+             "demo": str(demo)}
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "scores.npz", **{labels: raw[labels] for labels in raw})
+    write_json(out / f"{STUDY}.json", {"settings": study, "members": members, "targets": targets,
+                                       "demo_targets": {k: demo_targets[k] for k in targets if k in demo_targets},
+                                       "summary": summary, "curves": curves})
+    headline_figure(curves, out / f"{STUDY}.png", f"log-probability proxies on {demo.name}'s answers ({len(seeds)} members, "
+                    f"95% bands over prompts)", oracle=summary["world"]["oracle"])
+    print(f"wrote {out / (STUDY + '.json')}, {out / (STUDY + '.png')} and {out / 'scores.npz'}")
+
+
+if __name__ == "__main__":
+    study_main(main)
