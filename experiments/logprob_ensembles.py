@@ -19,6 +19,13 @@ Training length and learning rate are this proxy's (``--steps``, ``--lr``: the p
 
 Run:  python experiments/logprob_ensembles.py --demo runs/demo [--steps 300] [--lr 1e-4] [--members 1,2,3]
 Writes <demo>/studies/logprob_ensembles/{logprob_ensembles.json, logprob_ensembles.png, scores.npz}.
+
+Over replicates (demo folders with independent seeds, e.g. ``experiments/demo.py --seed 1 --no-controls --out
+runs/demo-seed1``, each with this study run on it with the same options):
+      python experiments/logprob_ensembles.py --over runs/demo runs/demo-seed1 runs/demo-seed2 --out runs/logprob-replicates
+trains nothing; writes <out>/{over_replicates.json, over_replicates.png}: each target's mean, its SE over the K
+replicates and each replicate's value, judged on +-t SE (Student's t, K - 1 degrees of freedom), as
+experiments/replicate.py judges the demo's targets.
 """
 
 from __future__ import annotations
@@ -115,6 +122,63 @@ def curves_of(scores: np.ndarray, gold: np.ndarray, ns, seeds, uwo_weight: float
     return curves
 
 
+STUDY_KEYS = ("steps", "lr", "members", "bootstrap", "uwo_weight")  # what the pooled runs must share
+
+
+def pool_replicates(studies: list[dict]) -> tuple[dict, dict]:
+    """The targets over replicates (experiments/targets.py's over_replicates, judged at Student's t for K - 1
+    degrees of freedom) and the curves averaged over them, with their SEs over replicates, from each replicate's
+    logprob_ensembles.json; replicates whose study settings differ are refused."""
+    from experiments.targets import over_replicates, with_verdicts
+    from rmopt.errors import RmoptError
+    from rmopt.stats import standard_error, t95
+
+    first = {k: studies[0]["settings"][k] for k in STUDY_KEYS}
+    for study in studies[1:]:
+        other = {k: study["settings"].get(k) for k in STUDY_KEYS}
+        if other != first:
+            raise RmoptError(f"{study['settings']['demo']!r} ran the study with {other}; expected the first's {first}")
+    targets = with_verdicts(over_replicates([s["targets"] for s in studies]), t95(len(studies) - 1))
+    curves = {}
+    for stage, by_name in studies[0]["curves"].items():
+        curves[stage] = {}
+        for name, c in by_name.items():
+            gold = np.array([s["curves"][stage][name]["gold_score"] for s in studies])
+            curves[stage][name] = {"n": c["n"], "kl_bon": c["kl_bon"], "gold_score": gold.mean(0).tolist(),
+                                   "gold_score_se": standard_error(gold).tolist()}
+    return targets, curves
+
+
+def main_over(paths: list[str], out: Path) -> None:
+    import json
+
+    from experiments.common import resolve
+    from experiments.report import headline_figure
+    from experiments.targets import table
+    from rmopt.errors import RmoptError
+    from rmopt.stats import t95
+
+    files = [resolve(p) / "studies" / STUDY / f"{STUDY}.json" for p in paths]
+    for f in files:
+        if not f.exists():
+            raise RmoptError(f"{str(f)!r} is missing; expected each --over folder to be a demo with this study run on it")
+    if len(files) < 2:
+        raise RmoptError(f"--over {' '.join(paths)}: expected two or more demo folders (replicates)")
+    studies = [json.loads(f.read_text()) for f in files]
+    targets, curves = pool_replicates(studies)
+    oracle = np.array([s["summary"]["world"]["oracle"]["gold_score"] for s in studies]).mean(0)
+    z = t95(len(studies) - 1)
+    print(f"over K = {len(studies)} replicates (+- {z:.2f} SE over replicates):")
+    print(table(targets, z))
+    write_json(out / "over_replicates.json", {"settings": {k: studies[0]["settings"][k] for k in STUDY_KEYS},
+                                              "replicates": [s["settings"]["demo"] for s in studies],
+                                              "targets": targets, "curves": curves})
+    headline_figure(curves, out / "over_replicates.png", f"log-probability proxies, mean of {len(studies)} replicates "
+                    f"(95% bands over replicates)", z=z, oracle={"kl_bon": studies[0]["curves"]["bon"]["single"]["kl_bon"],
+                                                               "gold_score": oracle.tolist()})
+    print(f"wrote {out / 'over_replicates.json'} and {out / 'over_replicates.png'}")
+
+
 def main() -> None:
     import json
     from concurrent.futures import ProcessPoolExecutor
@@ -130,8 +194,12 @@ def main() -> None:
         parser.add_argument("--steps", type=int, default=300, help="training steps of each member (default 300)")
         parser.add_argument("--lr", type=float, default=1e-4, help="their learning rate (default 1e-4)")
         parser.add_argument("--members", default=None, help="member seeds, comma-separated (default: the demo's)")
+        parser.add_argument("--over", nargs="+", default=None, metavar="DEMO",
+                            help="pool this study's results over these demo folders (replicates); trains nothing")
 
     args = parse_args(__doc__, STUDY, extra)
+    if args.over is not None:
+        return main_over(args.over, args.out)
     if args.steps < 1 or not args.lr > 0:
         raise RmoptError(f"--steps {args.steps} --lr {args.lr}: expected at least one step and a positive learning rate")
     demo = resolve(args.demo)

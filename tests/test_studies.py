@@ -328,3 +328,27 @@ def test_logprob_ensembles_refuses_bad_member_lists_and_folders(tmp_path):
         done = subprocess.run([sys.executable, str(script), "--demo", str(tmp_path), "--members", bad], capture_output=True, text=True)
         assert done.returncode == 1 and f"--members {bad!r}" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "studies").exists()
+
+
+def test_logprob_ensembles_pools_replicates_by_hand_and_refuses_unlike_ones():
+    from experiments.logprob_ensembles import pool_replicates
+    from rmopt.errors import RmoptError
+
+    def study(demo, rise, final, lr=1e-4):
+        settings = {"demo": demo, "steps": 300, "lr": lr, "members": [1, 2], "bootstrap": True, "uwo_weight": 0.5}
+        curve = {"n": [1, 2], "kl_bon": [0.0, 0.19], "gold_score": [0.1, final]}
+        return {"settings": settings, "curves": {"bon": {"single": curve}},
+                "targets": {"bon_single_rise_share": {"value": rise, "se": float("nan")},
+                            "bon_wco_final_gain": {"value": final, "se": 0.01}}}
+
+    # rise shares 0.2, 0.4, 0.6: mean 0.4, SE 0.2 / sqrt(3); final gains 0.1, 0.2, 0.3 -> mean 0.2, SE 0.1 / sqrt(3),
+    # t(2) = 4.303: interval 0.2 +- 0.248 includes zero, so not met though each replicate's gain is positive
+    targets, curves = pool_replicates([study("a", 0.2, 0.1), study("b", 0.4, 0.2), study("c", 0.6, 0.3)])
+    rise, gain = targets["bon_single_rise_share"], targets["bon_wco_final_gain"]
+    assert rise["value"] == pytest.approx(0.4) and rise["se"] == pytest.approx(0.2 / np.sqrt(3)) and rise["met"]
+    assert rise["replicates"] == [0.2, 0.4, 0.6]
+    assert gain["value"] == pytest.approx(0.2) and gain["se"] == pytest.approx(0.1 / np.sqrt(3)) and not gain["met"]
+    single = curves["bon"]["single"]
+    assert single["gold_score"] == pytest.approx([0.1, 0.2]) and single["gold_score_se"][1] == pytest.approx(0.1 / np.sqrt(3))
+    with pytest.raises(RmoptError, match=r"'b' ran the study with .*'lr': 0.001"):
+        pool_replicates([study("a", 0.2, 0.1), study("b", 0.4, 0.2, lr=1e-3)])
