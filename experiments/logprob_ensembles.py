@@ -14,8 +14,8 @@ mitigating it. It changes one thing from the demo: the proxies. Everything else 
   standardises its members), mean / WCO / UWO (the demo's uwo_weight) over them, best-of-n on the demo's answers;
 - the targets measured by experiments/targets.py's own code on these curves, beside the demo's values.
 
-Training length and learning rate are this proxy's (``--steps``, ``--lr``: the probe's 300 and 1e-4; the demo's
-1e-3 would wash out the log-probability start). Members train in parallel processes ($RMOPT_JOBS, default 2).
+Training length and learning rate are this proxy's (``--steps``, ``--lr``: the probe's 300 and 1e-4; ``--lr 1e-3``,
+the demo's members' rate, moves the proxies part of the way back toward the members: docs/calibration.md). Members train in parallel processes ($RMOPT_JOBS, default 2).
 
 Run:  python experiments/logprob_ensembles.py --demo runs/demo [--steps 300] [--lr 1e-4] [--members 1,2,3]
 Writes <demo>/studies/logprob_ensembles/{logprob_ensembles.json, logprob_ensembles.png, scores.npz}.
@@ -23,7 +23,8 @@ Writes <demo>/studies/logprob_ensembles/{logprob_ensembles.json, logprob_ensembl
 Over replicates (demo folders with independent seeds, e.g. ``experiments/demo.py --seed 1 --no-controls --out
 runs/demo-seed1``, each with this study run on it with the same options):
       python experiments/logprob_ensembles.py --over runs/demo runs/demo-seed1 runs/demo-seed2 --out runs/logprob-replicates
-trains nothing; writes <out>/{over_replicates.json, over_replicates.png}: each target's mean, its SE over the K
+(each --over folder a demo folder with the study in its default place, or a study's own --out folder) trains
+nothing; writes <out>/{over_replicates.json, over_replicates.png}: each target's mean, its SE over the K
 replicates and each replicate's value, judged on +-t SE (Student's t, K - 1 degrees of freedom), as
 experiments/replicate.py judges the demo's targets.
 """
@@ -158,10 +159,15 @@ def main_over(paths: list[str], out: Path) -> None:
     from rmopt.errors import RmoptError
     from rmopt.stats import t95
 
-    files = [resolve(p) / "studies" / STUDY / f"{STUDY}.json" for p in paths]
+    def study_file(path: str) -> Path:  # a study's output folder (another --out), else a demo folder's default one
+        own = resolve(path) / f"{STUDY}.json"
+        return own if own.exists() else resolve(path) / "studies" / STUDY / f"{STUDY}.json"
+
+    files = [study_file(p) for p in paths]
     for f in files:
         if not f.exists():
-            raise RmoptError(f"{str(f)!r} is missing; expected each --over folder to be a demo with this study run on it")
+            raise RmoptError(f"{str(f)!r} is missing; expected each --over folder to be this study's output folder "
+                             "or a demo folder with the study run on it")
     if len(files) < 2:
         raise RmoptError(f"--over {' '.join(paths)}: expected two or more demo folders (replicates)")
     studies = [json.loads(f.read_text()) for f in files]
@@ -195,7 +201,7 @@ def main() -> None:
         parser.add_argument("--lr", type=float, default=1e-4, help="their learning rate (default 1e-4)")
         parser.add_argument("--members", default=None, help="member seeds, comma-separated (default: the demo's)")
         parser.add_argument("--over", nargs="+", default=None, metavar="DEMO",
-                            help="pool this study's results over these demo folders (replicates); trains nothing")
+                            help="pool this study's results over these demo (or study output) folders, replicates; trains nothing")
 
     args = parse_args(__doc__, STUDY, extra)
     if args.over is not None:
