@@ -328,6 +328,10 @@ def test_logprob_ensembles_refuses_bad_member_lists_and_folders(tmp_path):
         done = subprocess.run([sys.executable, str(script), "--demo", str(tmp_path), "--members", bad], capture_output=True, text=True)
         assert done.returncode == 1 and f"--members {bad!r}" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "studies").exists()
+    done = subprocess.run([sys.executable, str(script), "--over", str(tmp_path), str(tmp_path / "nowhere"), "--out", str(tmp_path / "pooled")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "logprob_ensembles.json' is missing" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "pooled").exists()
 
 
 def test_logprob_ensembles_pools_replicates_by_hand_and_refuses_unlike_ones():
@@ -352,7 +356,3 @@ def test_logprob_ensembles_pools_replicates_by_hand_and_refuses_unlike_ones():
     assert single["gold_score"] == pytest.approx([0.1, 0.2]) and single["gold_score_se"][1] == pytest.approx(0.1 / np.sqrt(3))
     with pytest.raises(RmoptError, match=r"'b' ran the study with .*'lr': 0.001"):
         pool_replicates([study("a", 0.2, 0.1), study("b", 0.4, 0.2, lr=1e-3)])
-    done = subprocess.run([sys.executable, str(script), "--over", str(tmp_path), str(tmp_path / "nowhere"), "--out", str(tmp_path / "pooled")],
-                          capture_output=True, text=True)
-    assert done.returncode == 1 and "logprob_ensembles.json' is missing" in done.stderr and "Traceback" not in done.stderr
-    assert not (tmp_path / "pooled").exists()
