@@ -28,8 +28,9 @@ OBJECTIVES = ("mean", "wco", "uwo")
 # command line
 
 
-def parse_args(doc: str, study: str, extra=None) -> argparse.Namespace:
-    """``--demo`` (a finished demo folder) and ``--out`` (default ``<demo>/studies/<study>``), plus extras."""
+def parse_args(doc: str, study: str, extra=None, demo_unless: str | None = None) -> argparse.Namespace:
+    """``--demo`` (a finished demo folder) and ``--out`` (default ``<demo>/studies/<study>``), plus extras; the
+    demo folder need not exist when the extra option named ``demo_unless`` is given (a mode that reads others)."""
     parser = ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", default="runs/demo", help="the demo output folder to reuse (default runs/demo)")
     parser.add_argument("--out", default=None, help=f"output folder (default <demo>/studies/{study})")
@@ -37,7 +38,7 @@ def parse_args(doc: str, study: str, extra=None) -> argparse.Namespace:
         extra(parser)
     args = parser.parse_args()
     args.demo = resolve(args.demo)
-    if not args.demo.is_dir():
+    if not args.demo.is_dir() and not (demo_unless and getattr(args, demo_unless, None) is not None):
         parser.error(f"--demo {str(args.demo)!r} is not a folder; run experiments/demo.py first (or pass --demo)")
     args.out = resolve(args.out) if args.out else args.demo / "studies" / study
     return args

@@ -203,7 +203,7 @@ def main() -> None:
         parser.add_argument("--over", nargs="+", default=None, metavar="DEMO",
                             help="pool this study's results over these demo (or study output) folders, replicates; trains nothing")
 
-    args = parse_args(__doc__, STUDY, extra)
+    args = parse_args(__doc__, STUDY, extra, demo_unless="over")
     if args.over is not None:
         return main_over(args.over, args.out)
     if args.steps < 1 or not args.lr > 0:
