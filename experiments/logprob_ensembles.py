@@ -123,7 +123,7 @@ def curves_of(scores: np.ndarray, gold: np.ndarray, ns, seeds, uwo_weight: float
     return curves
 
 
-STUDY_KEYS = ("steps", "lr", "members", "bootstrap", "uwo_weight")  # what the pooled runs must share
+STUDY_KEYS = ("steps", "lr", "bootstrap", "uwo_weight")  # what the pooled runs must share (their member seeds are the demos', independent)
 
 
 def pool_replicates(studies: list[dict]) -> tuple[dict, dict]:
@@ -144,6 +144,8 @@ def pool_replicates(studies: list[dict]) -> tuple[dict, dict]:
     for stage, by_name in studies[0]["curves"].items():
         curves[stage] = {}
         for name, c in by_name.items():
+            if not all(name in s["curves"][stage] for s in studies):  # a member of one replicate only (its own seeds)
+                continue
             gold = np.array([s["curves"][stage][name]["gold_score"] for s in studies])
             curves[stage][name] = {"n": c["n"], "kl_bon": c["kl_bon"], "gold_score": gold.mean(0).tolist(),
                                    "gold_score_se": standard_error(gold).tolist()}

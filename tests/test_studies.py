@@ -339,7 +339,7 @@ def test_logprob_ensembles_pools_replicates_by_hand_and_refuses_unlike_ones():
     from rmopt.errors import RmoptError
 
     def study(demo, rise, final, lr=1e-4):
-        settings = {"demo": demo, "steps": 300, "lr": lr, "members": [1, 2], "bootstrap": True, "uwo_weight": 0.5}
+        settings = {"demo": demo, "steps": 300, "lr": lr, "members": [ord(demo), 9], "bootstrap": True, "uwo_weight": 0.5}
         curve = {"n": [1, 2], "kl_bon": [0.0, 0.19], "gold_score": [0.1, final]}
         return {"settings": settings, "curves": {"bon": {"single": curve}},
                 "targets": {"bon_single_rise_share": {"value": rise, "se": float("nan")},
