@@ -61,6 +61,13 @@ class NeoXDecoder:
             self.mask = additive[:, None, None, :]
         return result.logits[:, -1, :]
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep only these rows (indices into the rows decoded now) of the cache and mask: later steps run on them."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+        if self.mask is not None:
+            self.mask = self.mask.index_select(0, index)
+
     def step(self, ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, V] for one new token per row: ``ids`` and ``position_ids`` [B, 1]; ``attention_mask`` [B, L]
         covering the cache and this token is the prefill's mask with ones after it (the decoder keeps that mask

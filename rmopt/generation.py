@@ -67,8 +67,11 @@ def sample_ids(
     # the mask of every step to come, each step's a view of it (new tokens are always attended)
     masks = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new_tokens - 1)], dim=1)
     step_pos = position_ids[:, -1:]
+    rows = None  # the rows the decoder still runs (None: all); finished rows are dropped from it
     for t in range(max_new_tokens):
-        next_ids = _sample(logits, temperature, top_p, generator).masked_fill_(done, pad_token_id)
+        drawn = _sample(logits, temperature, top_p, generator, rows, batch)
+        next_ids = drawn if rows is None else out.new_full((batch,), pad_token_id).index_copy_(0, rows, drawn)
+        next_ids.masked_fill_(done, pad_token_id)
         out[:, t] = next_ids
         ended = ~done & (next_ids == eos_token_id)
         lengths.masked_fill_(ended, t + 1)
@@ -77,11 +80,35 @@ def sample_ids(
             out = out[:, : t + 1]
             break
         step_pos = step_pos + 1
-        logits = decoder.step(next_ids[:, None], masks[:, : width + t + 1], step_pos).float()
+        rows = _compact(decoder, rows, done, batch)
+        live = slice(None) if rows is None else rows
+        ids_t = next_ids[:, None] if rows is None else next_ids[rows, None]
+        logits = decoder.step(ids_t, masks[live, : width + t + 1], step_pos[live]).float()
     return [row[:n] for row, n in zip(out.tolist(), lengths.tolist(), strict=True)]
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+# Dropping finished rows: only when at least this many rows go on (on x86 CPUs a matrix product of a few rows can
+# round differently from the same rows inside a larger batch; from 16 rows on they agree with the full batch, so the
+# answers are the same bit for bit) and when a quarter of the rows decoded now have finished (each drop copies the cache).
+COMPACT_MIN_ROWS = 16
+
+
+def _compact(decoder, rows, done: torch.Tensor, batch: int):
+    """The rows to decode from now on: ``rows`` (None: all), or the unfinished ones when enough have finished."""
+    select = getattr(decoder, "select_rows", None)
+    if select is None:
+        return rows
+    running = batch if rows is None else rows.numel()
+    unfinished = (~done).nonzero().squeeze(-1)
+    if unfinished.numel() < COMPACT_MIN_ROWS or 4 * unfinished.numel() > 3 * running:
+        return rows
+    select(unfinished if rows is None else torch.searchsorted(rows, unfinished))
+    return unfinished
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator, rows=None, batch=None) -> torch.Tensor:
+    """One token per row of ``logits``; ``rows`` (of a batch of ``batch``): the rows ``logits`` are, which draw
+    the random numbers those rows would draw in the whole batch."""
     if temperature <= 0:
         return logits.argmax(-1)
     if temperature != 1.0:  # dividing by 1 changes nothing
@@ -92,10 +119,11 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -
         drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return draw_categorical(logits.softmax(-1), generator)
+    return draw_categorical(logits.softmax(-1), generator, rows, batch)
 
 
-def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = None, rows: torch.Tensor | None = None,
+                     batch: int | None = None) -> torch.Tensor:
     """One token per row of ``probs`` [B, V], drawn by inverting each row's cumulative distribution at one
     uniform number: an exact draw from the row's distribution (the sums in float64).
 
@@ -103,14 +131,17 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = No
     rows of 1024 tokens that is about a fifth of a toy decoding step; this draws one number per row. A token
     of probability zero (cut by top-p) is never drawn: the search lands on a token whose interval of the
     cumulative sum contains the uniform, and a draw that rounding sends elsewhere falls back to the last
-    token with positive probability.
+    token with positive probability. ``rows``: ``probs`` are these rows of a batch of ``batch``; the uniforms of
+    the whole batch are drawn (the generator moves on as it would) and these rows' used.
     """
     device = generator.device if generator is not None else probs.device  # e.g. a CPU generator for a GPU model
     cum = probs.to(device=device, dtype=torch.float64).cumsum(-1)
     total = cum[:, -1:]
     if not bool(((total > 0) & (total < float("inf"))).all()):  # NaN fails both comparisons
         raise RuntimeError("probability tensor contains inf, nan or a row without mass")
-    u = torch.rand(probs.size(0), 1, generator=generator, dtype=torch.float64, device=device)
+    u = torch.rand(probs.size(0) if rows is None else batch, 1, generator=generator, dtype=torch.float64, device=device)
+    if rows is not None:
+        u = u[rows.to(device)]
     drawn = torch.searchsorted(cum, u * total, right=True).clamp(max=probs.size(-1) - 1)
     # a zero-mass token owns an empty interval; should a parallel (GPU) sum round one open, or the uniform
     # round past the end, take the last token with mass instead

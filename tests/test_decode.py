@@ -67,6 +67,29 @@ def test_sampled_answers_are_the_models_own(monkeypatch, temperature, top_p):
     assert draw() == fast
 
 
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
+def test_dropping_finished_rows_changes_no_answer_and_no_later_draw(monkeypatch, temperature, top_p):
+    """Rows that finish early leave the decoder's batch (from 16 rows on); the answers, and the generator's state
+    after them, are those of decoding every row to the end (the model's own cached forward, which never drops)."""
+    model = tiny_neox()
+    prompts = [[5 + (i % 7), 6 + (i % 5), 7 + (i % 3)][: 1 + i % 3] for i in range(48)]
+    budgets = [2 + (i % 4) if i % 3 else 12 for i in range(48)]  # two thirds stop within 5 tokens
+    selected = []
+    monkeypatch.setattr(NeoXDecoder, "select_rows", lambda self, index, original=NeoXDecoder.select_rows:
+                        (selected.append(index.numel()), original(self, index))[1])
+
+    def draw():
+        gen = torch.Generator().manual_seed(1)
+        return sample_ids(model, prompts, 3, 0, budgets, temperature, top_p, generator=gen), torch.rand(4, generator=gen)
+
+    fast, after = draw()
+    assert selected and min(selected) >= 16  # rows were dropped, never below 16 left
+    monkeypatch.setattr("rmopt.generation.decoder_for", CachedForward)
+    slow, slow_after = draw()
+    assert fast == slow
+    assert torch.equal(after, slow_after)  # every row drew its uniform at every step, dropped or not
+
+
 def test_models_it_does_not_follow_keep_their_own_forward():
     assert isinstance(decoder_for(tiny_neox(attn_implementation="eager")), CachedForward)
     with_dropout = tiny_neox(hidden_dropout=0.1).train()
