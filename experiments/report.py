@@ -294,7 +294,7 @@ def write_report(out: Path, settings: dict) -> dict:
     world = world_stats(out / "bon", curves["bon"][SINGLE]["n"]) if SINGLE in curves.get("bon", {}) else None
     if world is not None:
         summary["world"] = {**world, "oracle": without_per_prompt(world["oracle"])}
-    summary["targets"] = with_verdicts(measure(summary, curves), Z95)
+    summary["targets"] = with_verdicts(measure({**summary, "world": world} if world else summary, curves), Z95)
     atomic_write_json(out / "summary.json", summary)
     headline_figure(curves, out / "overoptimization.png", "Gold score as the proxy is optimized harder (bands: 95% over prompts)",
                     oracle=summary.get("world", {}).get("oracle"))

@@ -73,6 +73,36 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else math.nan
 
 
+def _ratio_target(a: float, b: float, a_per_prompt=None, b_per_prompt=None) -> dict:
+    """``a / b`` (NaN unless b > 0) as a target; with both per-prompt arrays (whose means are a and b), its
+    delta-method SE over prompts (:func:`rmopt.stats.ratio_and_se`), else a NaN SE."""
+    from rmopt.stats import ratio_and_se
+
+    value = _ratio(a, b)
+    if a_per_prompt is None or b_per_prompt is None or not np.isfinite(value):
+        return {"value": value, "se": math.nan}
+    return {"value": value, "se": ratio_and_se(a_per_prompt, b_per_prompt)[1]}
+
+
+def _per_prompt(curve: Mapping | None, key: str = "gold_score"):
+    """A curve's [points, P] per-prompt values of ``key``, or None."""
+    values = ((curve or {}).get("per_prompt") or {}).get(key)
+    return None if values is None else np.asarray(values, dtype=np.float64)
+
+
+def _drops(curves: Mapping | None, stage: str, x: str) -> dict[str, np.ndarray]:
+    """Each curve's per-prompt cross-fitted drop (``drop_cv``) in a stage of ``curves``, where it has one."""
+    from rmopt.summary import summarise
+
+    out = {}
+    for name, c in ((curves or {}).get(stage) or {}).items():
+        if _per_prompt(c) is not None:
+            per_prompt = summarise(c, x).get("per_prompt", {})
+            if "drop_cv" in per_prompt:
+                out[name] = per_prompt["drop_cv"]
+    return out
+
+
 def _at(curve: Mapping, n) -> int:
     return list(curve["n"]).index(n)
 
@@ -82,16 +112,19 @@ def measure(summary: Mapping, curves: Mapping | None = None) -> dict[str, dict]:
 
     ``summary``: the demo's summary (``world``, ``bon``, ``bon_clean``, ``ppo``, ``ppo_kl0.01``,
     ``comparisons``); ``curves``: its curves (for the single RMs' gain at their peak). Targets whose
-    inputs the folder lacks are left out.
+    inputs the folder lacks are left out. Ratios get a delta-method SE over prompts where the per-prompt
+    values are there: the curves' and, for the oracle, ``world["oracle"]["per_prompt"]`` (as
+    :func:`world_stats` returns it); a peak's location has none.
     """
     out: dict[str, dict] = {}
     world, bon, comparisons = summary.get("world"), summary.get("bon", {}), summary.get("comparisons", {})
     if world:
         out["sft_at_max"] = {"value": world["sft_max_share"], "se": world.get("sft_max_share_se", math.nan)}
-        o = world["oracle"]
+        o, po = world["oracle"], _per_prompt(world["oracle"])
         g, late = o["gold_score"], _at(o, LATE_N) if LATE_N in o["n"] else None
         if late is not None:
-            out["oracle_late_gain"] = {"value": _ratio(g[-1] - g[late], g[-1] - g[0]), "se": math.nan}
+            out["oracle_late_gain"] = _ratio_target(g[-1] - g[late], g[-1] - g[0], *(
+                (None, None) if po is None else (po[-1] - po[late], po[-1] - po[0])))
     single = bon.get("single")
     if single:
         out["bon_single_peak_n"] = {"value": float(single["n_at_max"]), "se": math.nan}
@@ -99,7 +132,9 @@ def measure(summary: Mapping, curves: Mapping | None = None) -> dict[str, dict]:
             c, o = curves["bon"]["single"], world["oracle"]
             i, j = _at(c, single["n_at_max"]), _at(o, single["n_at_max"])
             rise = c["gold_score"][i] - c["gold_score"][0]
-            out["bon_single_rise_share"] = {"value": _ratio(rise, o["gold_score"][j] - o["gold_score"][0]), "se": math.nan}
+            pc, po = _per_prompt(c), _per_prompt(o)
+            out["bon_single_rise_share"] = _ratio_target(rise, o["gold_score"][j] - o["gold_score"][0], *(
+                (None, None) if pc is None or po is None else (pc[i] - pc[0], po[j] - po[0])))
     ppo_single = summary.get("ppo", {}).get("single")
     if world and ppo_single and "rise_cv" in ppo_single:
         std = world["sft_gold_std"]
@@ -115,12 +150,13 @@ def measure(summary: Mapping, curves: Mapping | None = None) -> dict[str, dict]:
         base = rewards.get("single")
         if not base:
             continue
+        drops = _drops(curves, stage, "n" if stage == "bon" else "kl")
         if stage == "ppo_kl0.01":
             out["ppo_kl_single_drop"] = {"value": base["drop_cv"], "se": base.get("drop_cv_se", math.nan)}
         for name, s in rewards.items():
             kind = name.split("_")[0]
             if kind in MITIGATORS:
-                out[f"{prefix}_{kind}_drop_ratio"] = {"value": _ratio(s["drop_cv"], base["drop_cv"]), "se": math.nan}
+                out[f"{prefix}_{kind}_drop_ratio"] = _ratio_target(s["drop_cv"], base["drop_cv"], drops.get(name), drops.get("single"))
                 if stage == "bon" and name in comparisons.get("bon", {}):
                     out[f"bon_{kind}_final_gain"] = dict(comparisons["bon"][name]["gold_final"])
     return {k: out[k] for k in RULES if k in out}

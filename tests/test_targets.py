@@ -95,3 +95,56 @@ def test_over_replicates_is_mean_and_se_of_each_replicates_value():
     assert out["bon_single_peak_n"]["value"] == pytest.approx(56 / 3)
     assert not v["bon_single_peak_n"]["met"]  # the mean 18.7 >= 16, but one replicate peaked at n = 8
     assert with_verdicts(over_replicates(reps[:2]), z=12.7)["bon_single_peak_n"]["met"]
+
+
+def test_the_rise_share_carries_its_delta_method_se_over_prompts():
+    from experiments.targets import measure
+
+    summary, _ = _summary()
+    a = np.array([1, 2, 3, 2]) * 0.1  # the single RMs' per-prompt gain by n = 16 (its peak): mean 0.2
+    b = np.array([2, 2, 4, 4]) * 0.1  # the oracle's by n = 16: mean 0.3
+    start = np.full(4, 0.2)
+    single = np.stack([start, start + a / 2, start + a, start + a / 4])
+    oracle = np.stack([start, start + b / 2, start + b, start + b + 0.2])
+    curves = {"bon": {"single": {"n": [1, 4, 16, 64], "gold_score": single.mean(1).tolist(), "per_prompt": {"gold_score": single}}}}
+    summary["world"]["oracle"] = {"n": [1, 4, 16, 64], "gold_score": oracle.mean(1).tolist(), "per_prompt": {"gold_score": oracle}}
+    t = measure(summary, curves)["bon_single_rise_share"]
+    assert t["value"] == pytest.approx(2 / 3)
+    # on paper: residuals a - (2/3) b = (-1/30, 2/30, 1/30, -2/30); their SD sqrt((10/900) / 3) = 0.0608581,
+    # over sqrt(4) = 0.0304290, over mean(b) = 0.3
+    assert t["se"] == pytest.approx(0.101430, abs=1e-6)
+    # the oracle's late gain (0.2 + b - b) / (0.2 + b): every prompt gains 0.2 after n = 16
+    late = measure(summary, curves)["oracle_late_gain"]
+    assert late["value"] == pytest.approx(0.2 / 0.5) and late["se"] > 0
+
+
+def test_a_drop_ratios_se_agrees_with_a_bootstrap_over_prompts():
+    from experiments.targets import measure
+
+    rng = np.random.default_rng(0)
+    P, ns = 400, [1, 4, 16, 64]
+    summary, _ = _summary()
+
+    def curve(peak_gain, drop):  # a clear peak at n = 16 (the cross-fitted peak on either half), noisy prompts
+        g = np.stack([np.zeros(P), peak_gain / 2 + rng.normal(0, 0.3, P), peak_gain + rng.normal(0, 0.3, P),
+                      peak_gain - drop + rng.normal(0, 0.3, P)])
+        return {"n": ns, "gold_score": g.mean(1).tolist(), "per_prompt": {"gold_score": g}}
+
+    curves = {"bon": {"single": curve(1.0, 0.4), "wco": curve(1.0, 0.15)}}
+
+    def ratio(c):
+        from rmopt.summary import summarise
+
+        s = {name: summarise(x, "n") for name, x in c["bon"].items()}
+        summary["bon"] = {"single": {**s["single"], "n_at_max": 16}, "wco": s["wco"]}
+        return measure(summary, c)["bon_wco_drop_ratio"]
+
+    t = ratio(curves)
+    assert t["value"] == pytest.approx(0.15 / 0.4, abs=0.15)
+    boot = []
+    for _ in range(300):
+        idx = rng.integers(0, P, P)
+        boot.append(ratio({"bon": {k: {**v, "gold_score": v["per_prompt"]["gold_score"][:, idx].mean(1).tolist(),
+                                          "per_prompt": {"gold_score": v["per_prompt"]["gold_score"][:, idx]}}
+                                   for k, v in curves["bon"].items()}})["value"])
+    assert t["se"] == pytest.approx(np.std(boot, ddof=1), rel=0.2)
