@@ -79,8 +79,8 @@ def _ratio_target(a: float, b: float, a_per_prompt=None, b_per_prompt=None) -> d
     from rmopt.stats import ratio_and_se
 
     value = _ratio(a, b)
-    if a_per_prompt is None or b_per_prompt is None or not np.isfinite(value):
-        return {"value": value, "se": math.nan}
+    if a_per_prompt is None or b_per_prompt is None or not np.isfinite(value) or np.shape(a_per_prompt) != np.shape(b_per_prompt):
+        return {"value": value, "se": math.nan}  # no per-prompt values, or not over the same prompts
     return {"value": value, "se": ratio_and_se(a_per_prompt, b_per_prompt)[1]}
 
 
@@ -114,7 +114,8 @@ def measure(summary: Mapping, curves: Mapping | None = None) -> dict[str, dict]:
     ``comparisons``); ``curves``: its curves (for the single RMs' gain at their peak). Targets whose
     inputs the folder lacks are left out. Ratios get a delta-method SE over prompts where the per-prompt
     values are there: the curves' and, for the oracle, ``world["oracle"]["per_prompt"]`` (as
-    :func:`world_stats` returns it); a peak's location has none.
+    :func:`world_stats` returns it); a peak's location has none. The rise share's SE takes its peak's n as
+    given (the average curve's highest point, not a cross-fitted one), so it understates the spread of a flat curve.
     """
     out: dict[str, dict] = {}
     world, bon, comparisons = summary.get("world"), summary.get("bon", {}), summary.get("comparisons", {})

@@ -87,9 +87,12 @@ def sample_ids(
     return [row[:n] for row, n in zip(out.tolist(), lengths.tolist(), strict=True)]
 
 
-# Dropping finished rows: only when at least this many rows go on (on x86 CPUs a matrix product of a few rows can
-# round differently from the same rows inside a larger batch; from 16 rows on they agree with the full batch, so the
-# answers are the same bit for bit) and when a quarter of the rows decoded now have finished (each drop copies the cache).
+# Dropping finished rows: only when at least this many rows go on and a quarter of the rows decoded now have finished
+# (each drop copies the cache). A matrix product of fewer rows can round differently from the same rows inside a larger
+# batch: on an AVX-512 CPU with one thread and the toy models' shapes, products of 16 rows or more agree with the full
+# batch's, so the answers are the very ones decoding every row to the end gives. Elsewhere (AVX2, several threads, a
+# Pythia's 2048-wide MLP, GPUs) the kept rows' logits can differ from the full batch's in the last bits (about 1e-7), so
+# a token whose uniform lands that close to a boundary can differ; a rerun on the same machine is still bit-identical.
 COMPACT_MIN_ROWS = 16
 
 
@@ -134,6 +137,8 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = No
     token with positive probability. ``rows``: ``probs`` are these rows of a batch of ``batch``; the uniforms of
     the whole batch are drawn (the generator moves on as it would) and these rows' used.
     """
+    if rows is not None and batch is None:
+        raise ValueError("draw_categorical: rows needs the whole batch's size (batch)")
     device = generator.device if generator is not None else probs.device  # e.g. a CPU generator for a GPU model
     cum = probs.to(device=device, dtype=torch.float64).cumsum(-1)
     total = cum[:, -1:]

@@ -115,7 +115,14 @@ def test_the_rise_share_carries_its_delta_method_se_over_prompts():
     assert t["se"] == pytest.approx(0.101430, abs=1e-6)
     # the oracle's late gain (0.2 + b - b) / (0.2 + b): every prompt gains 0.2 after n = 16
     late = measure(summary, curves)["oracle_late_gain"]
-    assert late["value"] == pytest.approx(0.2 / 0.5) and late["se"] > 0
+    assert late["value"] == pytest.approx(0.2 / 0.5)
+    # residuals 0.2 - 0.4 (0.4, 0.4, 0.6, 0.6) = (0.04, 0.04, -0.04, -0.04): SD 0.046188, / 2, / 0.5
+    assert late["se"] == pytest.approx(0.046188, abs=1e-6)
+    # an oracle over other prompts than the curve's (5 against 4): the same value, no SE rather than a wrong one
+    wider = np.concatenate([oracle, oracle[:, :1]], axis=1)
+    summary["world"]["oracle"] = {"n": [1, 4, 16, 64], "gold_score": wider.mean(1).tolist(), "per_prompt": {"gold_score": wider}}
+    t = measure(summary, curves)["bon_single_rise_share"]
+    assert t["value"] == pytest.approx(0.2 / (wider[2] - wider[0]).mean()) and math.isnan(t["se"])
 
 
 def test_a_drop_ratios_se_agrees_with_a_bootstrap_over_prompts():
